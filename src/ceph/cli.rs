@@ -1,0 +1,310 @@
+//! The `rbd` command line as the Ceph backend: one child process per call,
+//! arguments as a vector (never a shell), JSON output, a deadline per
+//! command, and the child killed if the controller drops the call (or dies:
+//! `kill_on_drop`, plus the parent-death signal on Linux).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::process::Command;
+
+use super::error::{Op, RbdError, RbdErrorKind, classify, reason_line};
+use super::image::ImageSpec;
+use super::model::{ImageInfo, JournalStatus, Locker, MirrorImageStatus, PoolStatus, SnapEntry};
+
+/// How a call reaches one Ceph cluster.
+#[derive(Clone, Debug)]
+pub struct RbdCli {
+    pub binary: PathBuf,
+    pub conf: PathBuf,
+    pub keyring: PathBuf,
+    /// cephx id without the `client.` prefix.
+    pub user: Option<String>,
+    /// Deadline of read-only commands.
+    pub read_timeout: Duration,
+    /// Deadline of demote/promote/resync (a forced snapshot promote can take minutes).
+    pub write_timeout: Duration,
+    /// Counts every `rbd` started, for the benchmark's calls-per-image figure.
+    pub calls: Arc<AtomicU64>,
+}
+
+impl RbdCli {
+    pub fn new(conf: PathBuf, keyring: PathBuf, user: Option<String>) -> RbdCli {
+        RbdCli {
+            binary: PathBuf::from(std::env::var_os("RBD_BINARY").unwrap_or_else(|| "rbd".into())),
+            conf,
+            keyring,
+            user,
+            read_timeout: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(300),
+            calls: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn base_args(&self, deadline: Duration) -> Vec<String> {
+        let secs = deadline.as_secs().max(1).to_string();
+        let mut a = vec![
+            "--conf".into(),
+            self.conf.display().to_string(),
+            "--keyring".into(),
+            self.keyring.display().to_string(),
+        ];
+        if let Some(u) = &self.user {
+            a.push("--id".into());
+            a.push(u.clone());
+        }
+        // A lost monitor must fail the call within its deadline, not after
+        // librados' 300 s default: this is how a dead site is told apart.
+        a.extend(
+            [
+                "--client_mount_timeout",
+                &secs,
+                "--rados_mon_op_timeout",
+                &secs,
+                "--rados_osd_op_timeout",
+                &secs,
+            ]
+            .map(String::from),
+        );
+        a
+    }
+
+    async fn run(&self, op: Op, target: &str, args: &[&str]) -> Result<String, RbdError> {
+        let deadline = if op.mutates() {
+            self.write_timeout
+        } else {
+            self.read_timeout
+        };
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.base_args(deadline))
+            .args(args)
+            .env_remove("CEPH_ARGS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to send
+        // SIGKILL to the child when the controller process dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc_prctl_pdeathsig();
+                Ok(())
+            });
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let err = |kind, exit, detail: String| RbdError {
+            kind,
+            op,
+            target: target.to_string(),
+            exit,
+            detail,
+        };
+        let child = cmd.spawn().map_err(|e| {
+            err(
+                RbdErrorKind::NoBinary,
+                None,
+                format!("cannot start {}: {e}", self.binary.display()),
+            )
+        })?;
+        let out =
+            match tokio::time::timeout(deadline + Duration::from_secs(5), child.wait_with_output())
+                .await
+            {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => {
+                    return Err(err(
+                        RbdErrorKind::Other,
+                        None,
+                        format!("waiting for rbd: {e}"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(err(
+                        RbdErrorKind::Unavailable,
+                        None,
+                        format!("no answer within {}s", deadline.as_secs()),
+                    ));
+                }
+            };
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            return Ok(stdout);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code().unwrap_or(-1);
+        Err(err(
+            classify(op, code, &stderr),
+            Some(code),
+            reason_line(&stderr),
+        ))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        op: Op,
+        target: &str,
+        args: &[&str],
+    ) -> Result<T, RbdError> {
+        let out = self.run(op, target, args).await?;
+        serde_json::from_str(&out).map_err(|e| RbdError {
+            kind: RbdErrorKind::BadOutput,
+            op,
+            target: target.to_string(),
+            exit: Some(0),
+            detail: format!("unexpected JSON: {e}"),
+        })
+    }
+
+    pub fn call_count(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn libc_prctl_pdeathsig() {
+    const PR_SET_PDEATHSIG: i32 = 1;
+    const SIGKILL: u64 = 9;
+    unsafe extern "C" {
+        fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+    }
+    // SAFETY: plain syscall wrapper with integer arguments.
+    unsafe {
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    }
+}
+
+/// The operations a step needs from one Ceph cluster.
+pub trait Ceph: Send + Sync {
+    fn info(&self, img: &ImageSpec) -> impl Future<Output = Result<ImageInfo, RbdError>> + Send;
+    fn mirror_status(
+        &self,
+        img: &ImageSpec,
+    ) -> impl Future<Output = Result<MirrorImageStatus, RbdError>> + Send;
+    fn snapshots(
+        &self,
+        img: &ImageSpec,
+    ) -> impl Future<Output = Result<Vec<SnapEntry>, RbdError>> + Send;
+    /// Holders of the image's locks (the exclusive lock of a client writing to it).
+    fn lockers(
+        &self,
+        img: &ImageSpec,
+    ) -> impl Future<Output = Result<Vec<Locker>, RbdError>> + Send;
+    fn journal_status(
+        &self,
+        img: &ImageSpec,
+    ) -> impl Future<Output = Result<JournalStatus, RbdError>> + Send;
+    fn mirror_images(
+        &self,
+        pool: &str,
+        namespace: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<String>, RbdError>> + Send;
+    fn demote(&self, img: &ImageSpec) -> impl Future<Output = Result<(), RbdError>> + Send;
+    fn promote(
+        &self,
+        img: &ImageSpec,
+        force: bool,
+    ) -> impl Future<Output = Result<(), RbdError>> + Send;
+    fn resync(&self, img: &ImageSpec) -> impl Future<Output = Result<(), RbdError>> + Send;
+}
+
+impl Ceph for RbdCli {
+    async fn info(&self, img: &ImageSpec) -> Result<ImageInfo, RbdError> {
+        let s = img.to_string();
+        self.json(Op::Info, &s, &["info", &s, "--format", "json"])
+            .await
+    }
+
+    async fn mirror_status(&self, img: &ImageSpec) -> Result<MirrorImageStatus, RbdError> {
+        let s = img.to_string();
+        self.json(
+            Op::Status,
+            &s,
+            &["mirror", "image", "status", &s, "--format", "json"],
+        )
+        .await
+    }
+
+    async fn snapshots(&self, img: &ImageSpec) -> Result<Vec<SnapEntry>, RbdError> {
+        let s = img.to_string();
+        self.json(
+            Op::Snapshots,
+            &s,
+            &["snap", "ls", "--all", &s, "--format", "json"],
+        )
+        .await
+    }
+
+    async fn lockers(&self, img: &ImageSpec) -> Result<Vec<Locker>, RbdError> {
+        let s = img.to_string();
+        self.json(Op::Lockers, &s, &["lock", "ls", &s, "--format", "json"])
+            .await
+    }
+
+    async fn journal_status(&self, img: &ImageSpec) -> Result<JournalStatus, RbdError> {
+        let s = img.to_string();
+        self.json(
+            Op::JournalStatus,
+            &s,
+            &["journal", "status", "--image", &s, "--format", "json"],
+        )
+        .await
+    }
+
+    async fn mirror_images(
+        &self,
+        pool: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<String>, RbdError> {
+        let target = match namespace {
+            Some(ns) => format!("{pool}/{ns}"),
+            None => pool.to_string(),
+        };
+        let status: PoolStatus = self
+            .json(
+                Op::PoolStatus,
+                &target,
+                &[
+                    "mirror",
+                    "pool",
+                    "status",
+                    &target,
+                    "--verbose",
+                    "--format",
+                    "json",
+                ],
+            )
+            .await?;
+        let mut names: Vec<String> = status.images.into_iter().map(|i| i.name).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn demote(&self, img: &ImageSpec) -> Result<(), RbdError> {
+        let s = img.to_string();
+        self.run(Op::Demote, &s, &["mirror", "image", "demote", &s])
+            .await
+            .map(drop)
+    }
+
+    async fn promote(&self, img: &ImageSpec, force: bool) -> Result<(), RbdError> {
+        let s = img.to_string();
+        let mut args = vec!["mirror", "image", "promote"];
+        if force {
+            args.push("--force");
+        }
+        args.push(&s);
+        self.run(Op::Promote, &s, &args).await.map(drop)
+    }
+
+    async fn resync(&self, img: &ImageSpec) -> Result<(), RbdError> {
+        let s = img.to_string();
+        self.run(Op::Resync, &s, &["mirror", "image", "resync", &s])
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,7 @@
+//! RbdMirrorStep: Ceph RBD mirroring failover steps (resync, demote, promote)
+//! as a Tekton custom task.
+
+pub mod api;
+pub mod ceph;
+pub mod contract;
+pub mod step;

@@ -1,0 +1,236 @@
+//! What a step reports: per-image outcomes and states, the failure reason,
+//! and the results written to the run (strings, small, stable names).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::RunResult;
+
+/// Why a step failed: the run's condition reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    InvalidParams,
+    SecretNotFound,
+    Forbidden,
+    ImageNotFound,
+    MirroringDisabled,
+    ImageInUse,
+    PromoteRefused,
+    PeerRequired,
+    PeerUnavailable,
+    SplitBrain,
+    ResyncOnPrimary,
+    CephUnavailable,
+    CephError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidParams => "InvalidParams",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::Forbidden => "Forbidden",
+            Reason::ImageNotFound => "ImageNotFound",
+            Reason::MirroringDisabled => "MirroringDisabled",
+            Reason::ImageInUse => "ImageInUse",
+            Reason::PromoteRefused => "PromoteRefused",
+            Reason::PeerRequired => "PeerRequired",
+            Reason::PeerUnavailable => "PeerUnavailable",
+            Reason::SplitBrain => "SplitBrain",
+            Reason::ResyncOnPrimary => "ResyncOnPrimary",
+            Reason::CephUnavailable => "CephUnavailable",
+            Reason::CephError => "CephError",
+        }
+    }
+
+    /// Whether another attempt could change anything. Bad input, a missing
+    /// Secret or image, or a refusal that needs a human decision are not retried.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Reason::CephUnavailable | Reason::CephError | Reason::PromoteRefused
+        )
+    }
+}
+
+/// A failure of the step, with a message a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The final state of one image after the step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageState {
+    /// `primary`, `non-primary` or `unknown`.
+    pub role: String,
+    /// The local rbd-mirror state, e.g. `up+replaying`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    /// Time of the last completed sync from the primary, when Ceph reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<String>,
+}
+
+/// What the step did to one image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageOutcome {
+    /// `promoted`, `already-primary`, `force-promoted`, `demoted`,
+    /// `already-non-primary`, `resynced`, `checked`, or `failed`.
+    pub outcome: String,
+    pub state: ImageState,
+}
+
+/// Progress of a run, persisted in `extraFields` so a restarted controller
+/// resumes without repeating what must not be repeated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Images finished, by `pool/image`.
+    #[serde(default)]
+    pub done: BTreeMap<String, ImageOutcome>,
+    /// Write-ahead records of resyncs: image → id before the resync. Present
+    /// means "the resync may have been issued: never issue it again".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resync_issued: BTreeMap<String, String>,
+    /// Forced promotions: image → last sync time (the data-loss window).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forced: BTreeMap<String, String>,
+    /// The images of an `allImages` step, fixed once listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
+    /// What the step is waiting for, if anything (shown in the message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+pub fn format_duration(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Results for the run: the same on success and failure, so `finally`
+/// tasks can report a partial outcome.
+pub fn results(images: &[String], progress: &Progress, elapsed: Duration) -> Vec<RunResult> {
+    let outcomes: BTreeMap<&str, &str> = progress
+        .done
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.outcome.as_str()))
+        .collect();
+    let states: BTreeMap<&str, &ImageState> = progress
+        .done
+        .iter()
+        .map(|(k, v)| (k.as_str(), &v.state))
+        .collect();
+    let json = |v: &dyn erased::Json| v.to_json();
+    let mut r = vec![
+        RunResult {
+            name: "images".into(),
+            value: json(&images),
+        },
+        RunResult {
+            name: "outcomes".into(),
+            value: json(&outcomes),
+        },
+        RunResult {
+            name: "states".into(),
+            value: json(&states),
+        },
+        RunResult {
+            name: "duration".into(),
+            value: format_duration(elapsed),
+        },
+    ];
+    if !progress.forced.is_empty() {
+        r.push(RunResult {
+            name: "forced".into(),
+            value: json(&progress.forced),
+        });
+    }
+    r
+}
+
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
+        }
+    }
+}
+
+/// One line for the condition message: what happened to how many images.
+pub fn summary(verb: &str, total: usize, progress: &Progress) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in progress.done.values() {
+        *counts.entry(o.outcome.as_str()).or_default() += 1;
+    }
+    let detail: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let mut s = format!("{verb} {}/{total}", progress.done.len());
+    if !detail.is_empty() {
+        s.push_str(&format!(" ({})", detail.join(", ")));
+    }
+    if let Some(w) = &progress.waiting {
+        s.push_str(&format!("; {w}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_json_strings_with_stable_names() {
+        let mut p = Progress::default();
+        p.done.insert(
+            "replicapool/a".into(),
+            ImageOutcome {
+                outcome: "promoted".into(),
+                state: ImageState {
+                    role: "primary".into(),
+                    state: "up+stopped".into(),
+                    last_sync: None,
+                },
+            },
+        );
+        let r = results(
+            &["replicapool/a".into(), "replicapool/b".into()],
+            &p,
+            Duration::from_millis(1500),
+        );
+        let get = |n: &str| r.iter().find(|x| x.name == n).unwrap().value.clone();
+        assert_eq!(get("images"), r#"["replicapool/a","replicapool/b"]"#);
+        assert_eq!(get("outcomes"), r#"{"replicapool/a":"promoted"}"#);
+        assert_eq!(
+            get("states"),
+            r#"{"replicapool/a":{"role":"primary","state":"up+stopped"}}"#
+        );
+        assert_eq!(get("duration"), "1.5s");
+        assert!(r.iter().all(|x| x.name != "forced"));
+        assert_eq!(summary("promoted", 2, &p), "promoted 1/2 (1 promoted)");
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        assert!(Reason::CephUnavailable.retryable());
+        assert!(!Reason::InvalidParams.retryable());
+        assert!(!Reason::SplitBrain.retryable());
+        assert!(!Reason::ImageNotFound.retryable());
+    }
+}

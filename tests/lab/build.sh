@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Builds the upstream Go programs of the lab once, into a cache outside the
+# work tree keyed by version: $LAB_CACHE/<part>-<version>/bin/<program>.
+# Each program gets its own small wrapper module, because their replace
+# directives differ and `go install pkg@version` refuses modules with replaces.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+LAB_CACHE=${LAB_CACHE:-$HOME/.cache/rbd-mirror-step-lab}
+export GOFLAGS=-mod=mod
+mkdir -p "$LAB_CACHE"
+
+log() { printf '[lab build %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# build_wrapper <dir> <require-line...> -- <go build args...>
+prepare() { rm -rf "$1"; mkdir -p "$1/src" "$1/bin"; }
+
+build_etcd() {
+  local d="$LAB_CACHE/etcd-$ETCD_VERSION"
+  [[ -x $d/bin/etcd ]] && return 0
+  log "building etcd $ETCD_VERSION (cold: a few minutes)"
+  prepare "$d"
+  ( cd "$d/src"
+    go mod init lab/etcd >/dev/null 2>&1
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
+    go build -trimpath -ldflags='-s -w' -o "$d/bin/etcd.tmp" go.etcd.io/etcd/server/v3
+    mv "$d/bin/etcd.tmp" "$d/bin/etcd" )
+}
+
+build_kube() {
+  local d="$LAB_CACHE/kubernetes-$KUBERNETES_VERSION" v=$KUBERNETES_VERSION
+  [[ -x $d/bin/kube-apiserver ]] && return 0
+  log "building kube-apiserver $v (cold: 10-20 minutes on 2 cores)"
+  prepare "$d"
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local staging="v0.${v#v1.}"
+  ( cd "$d/src"
+    # The published k8s.io/kubernetes go.mod requires its staging modules at
+    # v0.0.0 and maps them into ./staging with replace directives, which are
+    # ignored in a dependency: map every one of them to its published tag.
+    go mod download -json "k8s.io/kubernetes@$v" > dl.json
+    cp "$(jq -r .GoMod dl.json)" upstream.mod
+    {
+      echo "module lab/kube"
+      echo "go 1.24.0"
+      echo "require k8s.io/kubernetes $v"
+      echo "replace ("
+      sed -n '/^replace (/,/^)/p' upstream.mod | grep -oE 'k8s.io/[a-z0-9-]+ =>' | sed 's/ =>//' |
+        while read -r m; do echo "	$m => $m $staging"; done
+      echo ")"
+    } > go.mod
+    cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+func main() { os.Exit(cli.Run(app.NewAPIServerCommand())) }
+GO
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    local pkg=k8s.io/component-base/version
+    go build -trimpath -ldflags="-s -w -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean" \
+      -o "$d/bin/kube-apiserver.tmp" .
+    mv "$d/bin/kube-apiserver.tmp" "$d/bin/kube-apiserver" )
+}
+
+build_tekton() {
+  local d="$LAB_CACHE/tekton-$TEKTON_PIPELINE_VERSION"
+  [[ -x $d/bin/controller && -d $d/config ]] && return 0
+  log "building Tekton Pipelines controller $TEKTON_PIPELINE_VERSION (cold: several minutes)"
+  prepare "$d"
+  ( cd "$d/src"
+    go mod init lab/tekton >/dev/null 2>&1
+    go get "github.com/tektoncd/pipeline@$TEKTON_PIPELINE_VERSION" >/dev/null
+    go build -trimpath -ldflags='-s -w' -o "$d/bin/controller.tmp" github.com/tektoncd/pipeline/cmd/controller
+    mv "$d/bin/controller.tmp" "$d/bin/controller"
+    # CRDs and ConfigMaps ship in the module's config/ folder.
+    local src; src=$(go list -m -f '{{.Dir}}' "github.com/tektoncd/pipeline")
+    mkdir -p "$d/config.tmp" && cp -r "$src/config/." "$d/config.tmp/" && chmod -R u+w "$d/config.tmp"
+    mv "$d/config.tmp" "$d/config" )
+}
+
+build_tekton_legacy_crds() {
+  local d="$LAB_CACHE/tekton-$TEKTON_LEGACY_VERSION"
+  [[ -f $d/config/300-run.yaml ]] && return 0
+  log "fetching Tekton $TEKTON_LEGACY_VERSION Run CRD"
+  mkdir -p "$d/config" "$d/src"
+  ( cd "$d/src"
+    [[ -f go.mod ]] || go mod init lab/tektonlegacy >/dev/null 2>&1
+    go mod download -json "github.com/tektoncd/pipeline@$TEKTON_LEGACY_VERSION" > dl.json
+    local dir; dir=$(python3 -c 'import json,sys; print(json.load(open("dl.json"))["Dir"])')
+    cp "$dir/config/300-run.yaml" "$d/config/300-run.yaml.tmp" && chmod u+w "$d/config/300-run.yaml.tmp"
+    mv "$d/config/300-run.yaml.tmp" "$d/config/300-run.yaml" )
+}
+
+build_tkn() {
+  local d="$LAB_CACHE/tkn-$TEKTON_CLI_VERSION"
+  [[ -x $d/bin/tkn ]] && return 0
+  log "building tkn $TEKTON_CLI_VERSION"
+  prepare "$d"
+  ( cd "$d/src"
+    go mod init lab/tkn >/dev/null 2>&1
+    go get "github.com/tektoncd/cli@$TEKTON_CLI_VERSION" >/dev/null
+    go build -trimpath -ldflags='-s -w' -o "$d/bin/tkn.tmp" github.com/tektoncd/cli/cmd/tkn
+    mv "$d/bin/tkn.tmp" "$d/bin/tkn" )
+}
+
+what=${1:-all}
+case $what in
+  etcd) build_etcd ;;
+  kube) build_kube ;;
+  tekton) build_tekton ;;
+  legacy) build_tekton_legacy_crds ;;
+  tkn) build_tkn ;;
+  all)
+    build_etcd; build_kube; build_tekton; build_tekton_legacy_crds
+    [[ ${LAB_BUILD_TKN:-0} == 1 ]] && build_tkn
+    log "all lab binaries are in $LAB_CACHE" ;;
+  *) echo "usage: build.sh [all|etcd|kube|tekton|legacy|tkn]" >&2; exit 2 ;;
+esac
