@@ -4,4 +4,5 @@
 pub mod api;
 pub mod ceph;
 pub mod contract;
+pub mod controller;
 pub mod step;

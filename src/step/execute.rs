@@ -17,7 +17,8 @@ use crate::ceph::model::{ImageInfo, MirrorImageStatus, MirrorMode, snapshot_demo
 use crate::ceph::{Ceph, ImageSpec, RbdError, RbdErrorKind};
 
 /// Persists progress. `durable` writes (write-ahead records) must be stored
-/// before the step goes on; the others may be throttled.
+/// before the step goes on; the others may be throttled (the caller also
+/// sees progress through the shared `Arc<Mutex<Progress>>`).
 pub trait Checkpoint: Send + Sync {
     fn save(
         &self,
@@ -86,7 +87,7 @@ struct Ctx<'a, C, K> {
 pub async fn execute<C: Ceph, K: Checkpoint>(
     step: &ResolvedStep,
     sites: &Sites<C>,
-    progress: Progress,
+    progress: Arc<Mutex<Progress>>,
     cancel: CancellationToken,
     checkpoint: &K,
     pace: Pace,
@@ -97,7 +98,7 @@ pub async fn execute<C: Ceph, K: Checkpoint>(
         step,
         sites,
         checkpoint,
-        progress: Arc::new(Mutex::new(progress)),
+        progress,
         stop: stop.clone(),
         pace,
     };
@@ -176,10 +177,11 @@ pub async fn execute<C: Ceph, K: Checkpoint>(
 
 impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
     fn finish(self, end: StepEnd, images: Vec<String>, started: Instant) -> Execution {
-        let mut progress = Arc::try_unwrap(self.progress)
-            .map(|m| m.into_inner().expect("progress"))
-            .unwrap_or_else(|arc| arc.lock().expect("progress").clone());
-        progress.waiting = None;
+        let progress = {
+            let mut p = self.progress.lock().expect("progress");
+            p.waiting = None;
+            p.clone()
+        };
         Execution {
             end,
             progress,

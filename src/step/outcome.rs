@@ -13,6 +13,7 @@ use crate::api::RunResult;
 pub enum Reason {
     InvalidParams,
     SecretNotFound,
+    InvalidSecret,
     Forbidden,
     ImageNotFound,
     MirroringDisabled,
@@ -31,6 +32,7 @@ impl Reason {
         match self {
             Reason::InvalidParams => "InvalidParams",
             Reason::SecretNotFound => "SecretNotFound",
+            Reason::InvalidSecret => "InvalidSecret",
             Reason::Forbidden => "Forbidden",
             Reason::ImageNotFound => "ImageNotFound",
             Reason::MirroringDisabled => "MirroringDisabled",

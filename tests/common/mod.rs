@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod runs;
+
 pub struct Site {
     pub name: &'static str,
     pub conf: PathBuf,

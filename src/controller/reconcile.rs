@@ -1,0 +1,281 @@
+//! Reconcile: decide from the run alone (contract::decide) and start,
+//! resume, stop or finish its task. Foreign runs are dropped at once; a run
+//! of ours that cannot be read fails with a reason instead of stalling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::Action as Requeue;
+use tracing::{debug, info, warn};
+
+use super::status::{StatusWriter, Update, unless_done};
+use super::task::{Extra, StopCause};
+use super::{Context, Error};
+use crate::api::step::{API_VERSION, KIND};
+use crate::api::{Flavor, RbdMirrorStep, RbdMirrorStepSpec, TektonRun};
+use crate::contract::{self, Decision};
+use crate::step::outcome::results;
+use crate::step::resolve::{InvalidParams, embedded_spec, overlay, validate};
+use crate::step::{Reason, ResolvedStep};
+
+/// Requeue when nothing else will wake the run up: a backstop, not a poll.
+const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+
+pub fn is_ours(obj: &DynamicObject) -> bool {
+    TektonRun::task_identity(obj).is_some_and(|(api, kind)| api == API_VERSION && kind == KIND)
+}
+
+pub async fn reconcile(
+    obj: Arc<DynamicObject>,
+    ctx: Arc<Context>,
+    flavor: Flavor,
+) -> Result<Requeue, Error> {
+    if !is_ours(&obj) {
+        return Ok(Requeue::await_change());
+    }
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let span =
+        tracing::info_span!("reconcile", namespace = %ns, name = %name, kind = flavor.kind());
+    let _e = span.enter();
+    let writer = StatusWriter::new(ctx.client.clone(), flavor, &ns, &name);
+    let run = match TektonRun::from_dynamic(flavor, &obj) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "malformed run of ours");
+            drop(_e);
+            fail_unreadable(&ctx, flavor, &obj, &e.to_string()).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let timeout = match contract::timeout(&run) {
+        Ok(t) => t,
+        Err(e) => {
+            drop(_e);
+            fail_invalid(&writer, &e.to_string()).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let now = Timestamp::now();
+    let decision = contract::decide(&run, now, timeout);
+    debug!(?decision, "decided");
+    drop(_e);
+    match decision {
+        Decision::Done => Ok(Requeue::await_change()),
+        Decision::Cancel => {
+            if !ctx.stop_task(flavor, &ns, &name, StopCause::Cancelled) {
+                // No step is running here: finish the run now.
+                let msg = run
+                    .spec
+                    .status_message
+                    .clone()
+                    .unwrap_or_else(|| "cancelled".into());
+                writer
+                    .update(|r| {
+                        unless_done(r, |s| {
+                            let extra = Extra::of(s);
+                            let res = extra_results(&extra);
+                            contract::cancel(s, flavor, Timestamp::now(), &msg, res);
+                        })
+                    })
+                    .await?;
+            }
+            Ok(Requeue::requeue(Duration::from_secs(5)))
+        }
+        Decision::Start => {
+            let step = match resolve(&ctx, &run).await {
+                Ok(s) => s,
+                Err(e) => {
+                    info!(error = %e.0, "invalid step");
+                    fail_invalid(&writer, &e.0).await?;
+                    return Ok(Requeue::await_change());
+                }
+            };
+            let written = writer
+                .update(|r| {
+                    if contract::is_started(&r.status) || contract::is_done(&r.status) {
+                        return Update::Skip;
+                    }
+                    let mut s = r.status.clone();
+                    Extra {
+                        step: Some(step.clone()),
+                        progress: Default::default(),
+                    }
+                    .store(&mut s);
+                    contract::start(
+                        &mut s,
+                        Timestamp::now(),
+                        &format!("{} on {}", step.action.as_str(), step.cluster),
+                    );
+                    Update::Write(s)
+                })
+                .await?;
+            info!(action = step.action.as_str(), cluster = %step.cluster, "started");
+            ctx.ensure_task(flavor, &ns, &name);
+            Ok(requeue_at(contract::deadline(&written, timeout)))
+        }
+        Decision::TimedOut { retry } => {
+            if ctx.stop_task(flavor, &ns, &name, StopCause::TimedOut) {
+                return Ok(Requeue::requeue(Duration::from_secs(5)));
+            }
+            // The deadline passed while no task ran (e.g. the controller was down).
+            writer
+                .update(|r| {
+                    unless_done(r, |s| {
+                        let res = extra_results(&Extra::of(s));
+                        let now = Timestamp::now();
+                        if retry {
+                            contract::retry(
+                                s,
+                                now,
+                                contract::reason_timed_out(flavor),
+                                "attempt timed out",
+                                res,
+                            );
+                        } else {
+                            contract::time_out(s, flavor, now, "timed out", res);
+                        }
+                    })
+                })
+                .await?;
+            if retry {
+                ctx.ensure_task(flavor, &ns, &name);
+            }
+            Ok(Requeue::requeue(Duration::from_secs(5)))
+        }
+        Decision::Running { deadline } => {
+            if !ctx.has_task(flavor, &ns, &name) {
+                info!("resuming a running step");
+            }
+            ctx.ensure_task(flavor, &ns, &name);
+            Ok(requeue_at(deadline))
+        }
+    }
+}
+
+fn requeue_at(deadline: Option<Timestamp>) -> Requeue {
+    let Some(d) = deadline else {
+        return Requeue::requeue(IDLE_REQUEUE);
+    };
+    let left = Duration::try_from(d.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO);
+    Requeue::requeue((left + Duration::from_millis(500)).min(IDLE_REQUEUE))
+}
+
+fn extra_results(extra: &Extra) -> Vec<crate::api::RunResult> {
+    let images: Vec<String> = match &extra.step {
+        Some(step) => extra
+            .progress
+            .images
+            .clone()
+            .unwrap_or_else(|| step.images().iter().map(|i| i.to_string()).collect()),
+        None => return vec![],
+    };
+    results(&images, &extra.progress, Duration::ZERO)
+}
+
+/// Params over the referenced (or embedded) RbdMirrorStep spec.
+pub async fn resolve(ctx: &Context, run: &TektonRun) -> Result<ResolvedStep, InvalidParams> {
+    let base: RbdMirrorStepSpec = if let Some(name) = run
+        .spec
+        .task_ref
+        .as_ref()
+        .and_then(|r| r.name.as_deref())
+        .filter(|n| !n.is_empty())
+    {
+        let api: Api<RbdMirrorStep> = Api::namespaced(ctx.client.clone(), run.namespace());
+        match api.get_opt(name).await {
+            Ok(Some(o)) => o.spec,
+            Ok(None) => {
+                return Err(InvalidParams(format!(
+                    "RbdMirrorStep {name:?} named by the task's taskRef does not exist in namespace {}",
+                    run.namespace()
+                )));
+            }
+            Err(e) => {
+                return Err(InvalidParams(format!(
+                    "cannot read RbdMirrorStep {name:?}: {e}"
+                )));
+            }
+        }
+    } else if let Some(raw) = run.spec.embedded.as_ref().and_then(|e| e.spec.as_ref()) {
+        embedded_spec(raw)?
+    } else {
+        RbdMirrorStepSpec::default()
+    };
+    validate(&overlay(&base, &run.spec.params)?)
+}
+
+async fn fail_invalid(writer: &StatusWriter, message: &str) -> Result<(), Error> {
+    writer
+        .update(|r| {
+            unless_done(r, |s| {
+                contract::fail(
+                    s,
+                    Timestamp::now(),
+                    Reason::InvalidParams.as_str(),
+                    message,
+                    vec![],
+                )
+            })
+        })
+        .await?;
+    Ok(())
+}
+
+/// A run of ours whose spec or status does not parse: fail it with what
+/// is wrong, by patching only the status we own.
+async fn fail_unreadable(
+    ctx: &Context,
+    flavor: Flavor,
+    obj: &DynamicObject,
+    message: &str,
+) -> Result<(), Error> {
+    let done = obj
+        .data
+        .get("status")
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Succeeded" && c["status"] != "Unknown")
+        });
+    if done {
+        return Ok(());
+    }
+    let mut status = crate::api::RunStatus::default();
+    contract::fail(
+        &mut status,
+        Timestamp::now(),
+        Reason::InvalidParams.as_str(),
+        message,
+        vec![],
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        obj.metadata.namespace.as_deref().unwrap_or(""),
+        &flavor.api_resource(),
+    );
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": obj.metadata.resource_version},
+        "status": status,
+    });
+    match api
+        .patch_status(
+            obj.metadata.name.as_deref().unwrap_or(""),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Requeue {
+    warn!(namespace = obj.metadata.namespace.as_deref().unwrap_or(""), name = obj.metadata.name.as_deref().unwrap_or(""), error = %err, "requeue after error");
+    Requeue::requeue(Duration::from_secs(5))
+}

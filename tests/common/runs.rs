@@ -1,0 +1,286 @@
+//! Helpers for tests that drive the controller: its process, Secrets, runs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use rbd_mirror_step::api::Flavor;
+use serde_json::{Value, json};
+
+use super::{Site, lab, wait_for};
+
+/// A controller process owned by a test binary; it exits when the test
+/// process does (its stdin closes).
+pub struct ControllerProcess {
+    pub child: Child,
+    pub selector: String,
+    pub log: std::path::PathBuf,
+}
+
+pub fn start_controller(selector_value: &str, extra_env: &[(&str, &str)]) -> ControllerProcess {
+    let lab = lab();
+    let log = lab.dir.join("logs").join(format!(
+        "controller-{selector_value}-{}.log",
+        std::process::id()
+    ));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("controller log");
+    let selector = format!("rbdmirror.dev/test={selector_value}");
+    let tmp = lab.dir.join("controller-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbd-mirror-step"));
+    cmd.args(["run", "--exit-on-stdin-eof", "--label-selector", &selector])
+        .arg("--tmp-dir")
+        .arg(&tmp)
+        .env("KUBECONFIG", &lab.kubeconfig)
+        .env("RUST_LOG", "info,rbd_mirror_step=debug")
+        .stdin(Stdio::piped())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start the controller");
+    ControllerProcess {
+        child,
+        selector,
+        log,
+    }
+}
+
+/// The controller shared by the tests of one binary.
+pub fn shared_controller(selector_value: &'static str) -> String {
+    static SHARED: Mutex<Option<ControllerProcess>> = Mutex::new(None);
+    let mut g = SHARED.lock().unwrap();
+    if g.is_none() {
+        *g = Some(start_controller(selector_value, &[]));
+    }
+    selector_value.to_string()
+}
+
+pub fn customruns(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &Flavor::CustomRun.api_resource())
+}
+
+/// A labelled connection Secret for `site`, from the lab's least-privilege client.
+pub async fn connection_secret(client: &Client, ns: &str, name: &str, site: &Site) {
+    let conf = std::fs::read_to_string(&site.conf).unwrap();
+    let keyring = std::fs::read_to_string(&site.keyring).unwrap();
+    let mut data = BTreeMap::new();
+    data.insert("ceph.conf".to_string(), conf);
+    data.insert("keyring".to_string(), keyring);
+    data.insert("userID".to_string(), site.user.clone());
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"rbdmirror.dev/ceph-connection": "true"}},
+        "stringData": data,
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create connection Secret");
+}
+
+/// Lets the namespace's `default` ServiceAccount (the runs') read Secrets.
+pub async fn allow_secrets(client: &Client, ns: &str) {
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "ceph-connections"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "ceph-connections"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ceph-connections"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// A namespace with site-a and site-b connection Secrets readable by its runs.
+pub async fn run_namespace(client: &Client, prefix: &str) -> String {
+    let ns = super::namespace(client, prefix).await;
+    let lab = lab();
+    connection_secret(client, &ns, "site-a", &lab.a).await;
+    connection_secret(client, &ns, "site-b", &lab.b).await;
+    allow_secrets(client, &ns).await;
+    ns
+}
+
+pub struct RunBuilder {
+    pub params: Vec<Value>,
+    pub retries: Option<u32>,
+    pub timeout: Option<String>,
+    pub custom_ref_name: Option<String>,
+    pub custom_spec: Option<Value>,
+    pub selector: String,
+}
+
+impl RunBuilder {
+    pub fn new(selector: &str) -> RunBuilder {
+        RunBuilder {
+            params: vec![],
+            retries: None,
+            timeout: None,
+            custom_ref_name: None,
+            custom_spec: None,
+            selector: selector.into(),
+        }
+    }
+
+    pub fn param(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.params
+            .push(json!({"name": name, "value": value.into()}));
+        self
+    }
+
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = Some(n);
+        self
+    }
+
+    pub fn timeout(mut self, t: &str) -> Self {
+        self.timeout = Some(t.into());
+        self
+    }
+
+    pub fn body(&self, name: &str) -> Value {
+        let mut spec = json!({"params": self.params, "serviceAccountName": ""});
+        match &self.custom_spec {
+            Some(s) => {
+                spec["customSpec"] = json!({"apiVersion": "rbdmirror.dev/v1alpha1", "kind": "RbdMirrorStep", "spec": s})
+            }
+            None => {
+                spec["customRef"] =
+                    json!({"apiVersion": "rbdmirror.dev/v1alpha1", "kind": "RbdMirrorStep"});
+                if let Some(n) = &self.custom_ref_name {
+                    spec["customRef"]["name"] = json!(n);
+                }
+            }
+        }
+        if let Some(r) = self.retries {
+            spec["retries"] = json!(r);
+        }
+        if let Some(t) = &self.timeout {
+            spec["timeout"] = json!(t);
+        }
+        let (k, v) = self
+            .selector
+            .split_once('=')
+            .unwrap_or(("rbdmirror.dev/test", &self.selector));
+        let label_key = if self.selector.contains('=') {
+            k.to_string()
+        } else {
+            "rbdmirror.dev/test".to_string()
+        };
+        json!({
+            "apiVersion": "tekton.dev/v1beta1", "kind": "CustomRun",
+            "metadata": {"name": name, "labels": {label_key: v}},
+            "spec": spec,
+        })
+    }
+
+    pub async fn create(&self, client: &Client, ns: &str, name: &str) {
+        let obj: DynamicObject = serde_json::from_value(self.body(name)).unwrap();
+        customruns(client, ns)
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create CustomRun");
+    }
+}
+
+pub fn condition(obj: &DynamicObject) -> Option<(String, String, String)> {
+    let c = obj.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Succeeded")?
+        .clone();
+    Some((
+        c["status"].as_str().unwrap_or("").to_string(),
+        c["reason"].as_str().unwrap_or("").to_string(),
+        c["message"].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+pub fn result(obj: &DynamicObject, name: &str) -> Option<Value> {
+    let v = obj.data["status"]["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)?["value"]
+        .as_str()?
+        .to_string();
+    Some(serde_json::from_str(&v).unwrap_or(Value::String(v)))
+}
+
+/// Waits until the run is done (Succeeded not Unknown) and returns it.
+pub async fn wait_done(client: &Client, ns: &str, name: &str, secs: u64) -> DynamicObject {
+    let api = customruns(client, ns);
+    wait_for(
+        secs,
+        &format!("CustomRun {ns}/{name} to finish"),
+        || async {
+            let o = api.get(name).await.ok()?;
+            match condition(&o) {
+                Some((s, _, _)) if s != "Unknown" => Some(o),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until the condition message of a running run contains `text`.
+pub async fn wait_message(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    text: &str,
+    secs: u64,
+) -> DynamicObject {
+    let api = customruns(client, ns);
+    wait_for(
+        secs,
+        &format!("CustomRun {ns}/{name} to say {text:?}"),
+        || async {
+            let o = api.get(name).await.ok()?;
+            condition(&o)
+                .filter(|(_, _, m)| m.contains(text))
+                .map(|_| o)
+        },
+    )
+    .await
+}
+
+pub async fn cancel(client: &Client, ns: &str, name: &str) {
+    customruns(client, ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"status": "RunCancelled", "statusMessage": "cancelled by the test"}})),
+        )
+        .await
+        .expect("cancel the run");
+}
+
+pub fn assert_condition(obj: &DynamicObject, status: &str, reason: &str) {
+    let (s, r, m) = condition(obj).expect("a Succeeded condition");
+    assert_eq!((s.as_str(), r.as_str()), (status, reason), "message: {m}");
+}
+
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,0 +1,628 @@
+//! The controller against the lab: CustomRuns created directly (as Tekton
+//! would), one controller process shared by these tests, real Ceph sites.
+
+mod common;
+
+use std::time::Duration;
+
+use common::runs::*;
+use common::{client, lab, mirrored_image, unique, wait_for};
+use serde_json::json;
+
+const SEL: &str = "controller";
+
+fn run() -> RunBuilder {
+    RunBuilder::new(shared_controller(SEL).as_str())
+}
+
+#[tokio::test]
+async fn status_reports_role_state_and_results() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-status").await;
+    let img = unique("st");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    run()
+        .param("action", "status")
+        .param("cluster", "site-b")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "st")
+        .await;
+    let done = wait_done(&client, &ns, "st", 60).await;
+    assert_condition(&done, "True", "Succeeded");
+    let key = format!("{}/{img}", lab.pool);
+    assert_eq!(result(&done, "images").unwrap(), json!([key]));
+    assert_eq!(result(&done, "outcomes").unwrap()[&key], "checked");
+    let state = &result(&done, "states").unwrap()[&key];
+    assert_eq!(state["role"], "non-primary");
+    assert_eq!(state["state"], "up+replaying");
+    assert!(result(&done, "duration").is_some());
+    assert!(done.data["status"]["completionTime"].is_string());
+    assert!(done.data["status"]["startTime"].is_string());
+}
+
+#[tokio::test]
+async fn planned_failover_demotes_promotes_and_old_primary_replays() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-failover").await;
+    let imgs: Vec<String> = (0..3).map(|_| unique("fo")).collect();
+    for i in &imgs {
+        mirrored_image(&lab.a, &lab.b, &lab.pool, i).await;
+    }
+    let step = |action: &str, cluster: &str| {
+        run()
+            .param("action", action)
+            .param("cluster", cluster)
+            .param("pool", lab.pool.as_str())
+            .param("images", json!(imgs))
+    };
+    step("demote", "site-a")
+        .create(&client, &ns, "demote")
+        .await;
+    let demoted = wait_done(&client, &ns, "demote", 90).await;
+    assert_condition(&demoted, "True", "Succeeded");
+    // The next step takes the previous step's `images` result, as a pipeline would.
+    let images = demoted.data["status"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "images")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run()
+        .param("action", "promote")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", images.as_str())
+        .create(&client, &ns, "promote")
+        .await;
+    let promoted = wait_done(&client, &ns, "promote", 120).await;
+    assert_condition(&promoted, "True", "Succeeded");
+    for i in &imgs {
+        let key = format!("{}/{i}", lab.pool);
+        assert_eq!(result(&demoted, "outcomes").unwrap()[&key], "demoted");
+        assert_eq!(result(&promoted, "outcomes").unwrap()[&key], "promoted");
+        assert_eq!(lab.b.is_primary(&lab.pool, i), Some(true));
+        assert_eq!(lab.a.is_primary(&lab.pool, i), Some(false));
+    }
+    step("status", "site-a")
+        .param("waitFor", "replaying")
+        .create(&client, &ns, "replaying")
+        .await;
+    let replaying = wait_done(&client, &ns, "replaying", 120).await;
+    assert_condition(&replaying, "True", "Succeeded");
+    for i in &imgs {
+        let key = format!("{}/{i}", lab.pool);
+        assert_eq!(
+            result(&replaying, "states").unwrap()[&key]["state"],
+            "up+replaying"
+        );
+    }
+    // Re-running a step is safe: the images are already in the state.
+    step("demote", "site-a")
+        .create(&client, &ns, "demote-again")
+        .await;
+    let again = wait_done(&client, &ns, "demote-again", 60).await;
+    assert_condition(&again, "True", "Succeeded");
+    assert_eq!(
+        result(&again, "outcomes").unwrap()[format!("{}/{}", lab.pool, imgs[0])],
+        "already-non-primary"
+    );
+    step("promote", "site-b")
+        .create(&client, &ns, "promote-again")
+        .await;
+    let again = wait_done(&client, &ns, "promote-again", 60).await;
+    assert_condition(&again, "True", "Succeeded");
+    assert_eq!(
+        result(&again, "outcomes").unwrap()[format!("{}/{}", lab.pool, imgs[0])],
+        "already-primary"
+    );
+}
+
+#[tokio::test]
+async fn promote_waits_while_the_peer_is_primary_and_succeeds_once_it_demotes() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-wait").await;
+    let img = unique("wait");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    run()
+        .param("action", "promote")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "promote")
+        .await;
+    let waiting = wait_message(&client, &ns, "promote", "still primary", 60).await;
+    assert_eq!(condition(&waiting).unwrap().0, "Unknown");
+    assert_eq!(
+        lab.b.is_primary(&lab.pool, &img),
+        Some(false),
+        "nothing promoted while site-a is primary"
+    );
+    lab.a
+        .rbd_ok(&["mirror", "image", "demote", &format!("{}/{img}", lab.pool)]);
+    let done = wait_done(&client, &ns, "promote", 90).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
+}
+
+#[tokio::test]
+async fn cancel_stops_a_waiting_promote_at_once() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-cancel").await;
+    let img = unique("cancel");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    run()
+        .param("action", "promote")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "promote")
+        .await;
+    wait_message(&client, &ns, "promote", "still primary", 60).await;
+    let t0 = std::time::Instant::now();
+    cancel(&client, &ns, "promote").await;
+    let done = wait_done(&client, &ns, "promote", 30).await;
+    assert_condition(&done, "False", "CustomRunCancelled");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        result(&done, "images").is_some(),
+        "per-image state is reported on cancel"
+    );
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+    // A finished run is never moved back.
+    let before = condition(&done).unwrap();
+    customruns(&client, &ns)
+        .patch(
+            "promote",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = customruns(&client, &ns).get("promote").await.unwrap();
+    assert_eq!(condition(&after).unwrap(), before);
+}
+
+#[tokio::test]
+async fn timed_out_attempts_are_archived_then_the_run_times_out() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-timeout").await;
+    let img = unique("to");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    // site-a stays primary, so a planned promote on site-b can only wait.
+    run()
+        .param("action", "promote")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .retries(1)
+        .timeout("4s")
+        .create(&client, &ns, "promote")
+        .await;
+    let done = wait_done(&client, &ns, "promote", 60).await;
+    assert_condition(&done, "False", "CustomRunTimedOut");
+    let attempts = done.data["status"]["retriesStatus"]
+        .as_array()
+        .expect("retriesStatus");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["conditions"][0]["reason"], "CustomRunTimedOut");
+    assert_eq!(attempts[0]["conditions"][0]["status"], "False");
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+}
+
+#[tokio::test]
+async fn two_runs_on_one_image_are_serialised() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-serial").await;
+    let img = unique("ser");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let promote = run()
+        .param("action", "promote")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]));
+    promote.create(&client, &ns, "first").await;
+    wait_message(&client, &ns, "first", "still primary", 60).await;
+    promote.create(&client, &ns, "second").await;
+    let second = wait_message(&client, &ns, "second", "waiting for run", 30).await;
+    let msg = condition(&second).unwrap().2;
+    assert!(msg.contains(&format!("{ns}/first")), "{msg}");
+    cancel(&client, &ns, "first").await;
+    wait_done(&client, &ns, "first", 30).await;
+    // Now the second takes the image and waits on Ceph itself.
+    wait_message(&client, &ns, "second", "still primary", 30).await;
+    cancel(&client, &ns, "second").await;
+    assert_condition(
+        &wait_done(&client, &ns, "second", 30).await,
+        "False",
+        "CustomRunCancelled",
+    );
+}
+
+#[tokio::test]
+async fn resync_on_a_primary_is_refused_without_retries() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-resync").await;
+    let img = unique("rs");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    run()
+        .param("action", "resync")
+        .param("cluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .retries(2)
+        .create(&client, &ns, "resync")
+        .await;
+    let done = wait_done(&client, &ns, "resync", 60).await;
+    assert_condition(&done, "False", "ResyncOnPrimary");
+    assert!(
+        done.data["status"]["retriesStatus"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn resync_copies_the_image_again_and_waits_until_it_replays() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-resync2").await;
+    let img = unique("rs2");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let old_id = lab
+        .b
+        .json(&["info", &format!("{}/{img}", lab.pool)])
+        .unwrap()["id"]
+        .clone();
+    run()
+        .param("action", "resync")
+        .param("cluster", "site-b")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "resync")
+        .await;
+    let done = wait_done(&client, &ns, "resync", 120).await;
+    assert_condition(&done, "True", "Succeeded");
+    let key = format!("{}/{img}", lab.pool);
+    assert_eq!(result(&done, "outcomes").unwrap()[&key], "resynced");
+    let new_id = lab.b.json(&["info", &key]).unwrap()["id"].clone();
+    assert_ne!(old_id, new_id, "the image was copied again");
+    let issued = &done.data["status"]["extraFields"]["progress"]["resyncIssued"][&key];
+    assert_eq!(
+        issued, &old_id,
+        "the resync was recorded (write-ahead) with the old id"
+    );
+}
+
+#[tokio::test]
+async fn secrets_must_be_labelled_and_readable_by_the_runs_service_account() {
+    let client = client().await;
+    let lab = lab();
+    let ns = common::namespace(&client, "ctl-secrets").await;
+    // Readable by the controller, but not by the run's ServiceAccount.
+    connection_secret(&client, &ns, "site-a", &lab.a).await;
+    let status = |cluster: &str| {
+        run()
+            .param("action", "status")
+            .param("cluster", cluster)
+            .param("pool", lab.pool.as_str())
+            .param("images", json!(["x"]))
+    };
+    status("site-a").create(&client, &ns, "no-access").await;
+    let done = wait_done(&client, &ns, "no-access", 30).await;
+    assert_condition(&done, "False", "Forbidden");
+    assert!(
+        condition(&done)
+            .unwrap()
+            .2
+            .contains("may not get Secret site-a")
+    );
+
+    allow_secrets(&client, &ns).await;
+    // An unlabelled Secret is not a Ceph connection.
+    let plain: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+        json!({"metadata": {"name": "plain"}, "stringData": {"keyring": "x"}}),
+    )
+    .unwrap();
+    kube::api::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &plain)
+        .await
+        .unwrap();
+    status("plain").create(&client, &ns, "unlabelled").await;
+    let done = wait_done(&client, &ns, "unlabelled", 30).await;
+    assert_condition(&done, "False", "Forbidden");
+    assert!(
+        condition(&done)
+            .unwrap()
+            .2
+            .contains("rbdmirror.dev/ceph-connection")
+    );
+
+    status("missing").create(&client, &ns, "missing").await;
+    assert_condition(
+        &wait_done(&client, &ns, "missing", 30).await,
+        "False",
+        "SecretNotFound",
+    );
+}
+
+#[tokio::test]
+async fn malformed_inputs_fail_with_a_reason_and_the_controller_keeps_serving() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-bad").await;
+    let pool = lab.pool.as_str();
+    let ok = || run().param("cluster", "site-a").param("pool", pool);
+    let cases: Vec<(&str, RunBuilder, &str)> = vec![
+        (
+            "no-action",
+            run()
+                .param("cluster", "site-a")
+                .param("pool", pool)
+                .param("images", json!(["a"])),
+            "InvalidParams",
+        ),
+        (
+            "bad-action",
+            ok().param("action", "failover")
+                .param("images", json!(["a"])),
+            "InvalidParams",
+        ),
+        (
+            "no-cluster",
+            run()
+                .param("action", "status")
+                .param("pool", pool)
+                .param("images", json!(["a"])),
+            "InvalidParams",
+        ),
+        (
+            "empty-images",
+            ok().param("action", "status").param("images", json!([])),
+            "InvalidParams",
+        ),
+        ("no-images", ok().param("action", "status"), "InvalidParams"),
+        (
+            "bad-image",
+            ok().param("action", "status")
+                .param("images", json!(["a@snap"])),
+            "InvalidParams",
+        ),
+        (
+            "option-image",
+            ok().param("action", "status")
+                .param("images", json!(["--pool=x"])),
+            "InvalidParams",
+        ),
+        (
+            "shell-image",
+            ok().param("action", "status")
+                .param("images", json!(["a;rm -rf /"])),
+            "InvalidParams",
+        ),
+        (
+            "bad-pool",
+            run()
+                .param("action", "status")
+                .param("cluster", "site-a")
+                .param("pool", "-x")
+                .param("images", json!(["a"])),
+            "InvalidParams",
+        ),
+        (
+            "bad-json",
+            ok().param("action", "status").param("images", "[\"a\","),
+            "InvalidParams",
+        ),
+        (
+            "unknown-param",
+            ok().param("action", "status")
+                .param("images", json!(["a"]))
+                .param("imgs", "x"),
+            "InvalidParams",
+        ),
+        (
+            "force-on-status",
+            ok().param("action", "status")
+                .param("images", json!(["a"]))
+                .param("force", "true"),
+            "InvalidParams",
+        ),
+        (
+            "bad-force",
+            ok().param("action", "promote")
+                .param("images", json!(["a"]))
+                .param("force", "yes"),
+            "InvalidParams",
+        ),
+        (
+            "waitfor-demote",
+            ok().param("action", "demote")
+                .param("images", json!(["a"]))
+                .param("waitFor", "primary"),
+            "InvalidParams",
+        ),
+        (
+            "bad-waitfor",
+            ok().param("action", "status")
+                .param("images", json!(["a"]))
+                .param("waitFor", "synced"),
+            "InvalidParams",
+        ),
+        (
+            "zero-concurrency",
+            ok().param("action", "status")
+                .param("images", json!(["a"]))
+                .param("concurrency", "0"),
+            "InvalidParams",
+        ),
+        (
+            "same-peer",
+            ok().param("action", "promote")
+                .param("images", json!(["a"]))
+                .param("peerCluster", "site-a"),
+            "InvalidParams",
+        ),
+        (
+            "bad-secret-name",
+            run()
+                .param("action", "status")
+                .param("cluster", "Site_A")
+                .param("pool", pool)
+                .param("images", json!(["a"])),
+            "InvalidParams",
+        ),
+        (
+            "both-selections",
+            ok().param("action", "status")
+                .param("images", json!(["a"]))
+                .param("allImages", "true"),
+            "InvalidParams",
+        ),
+        (
+            "action-array",
+            ok().param("action", json!(["status"]))
+                .param("images", json!(["a"])),
+            "InvalidParams",
+        ),
+        (
+            "bad-timeout",
+            ok().param("action", "status")
+                .param("images", json!(["a"]))
+                .timeout("soon"),
+            "InvalidParams",
+        ),
+        (
+            "missing-image",
+            ok().param("action", "status")
+                .param("images", json!(["does-not-exist"])),
+            "ImageNotFound",
+        ),
+        (
+            "missing-secret",
+            run()
+                .param("action", "status")
+                .param("cluster", "site-x")
+                .param("pool", pool)
+                .param("images", json!(["a"])),
+            "SecretNotFound",
+        ),
+        (
+            "missing-ref",
+            {
+                let mut b = ok().param("action", "status").param("images", json!(["a"]));
+                b.custom_ref_name = Some("nope".into());
+                b
+            },
+            "InvalidParams",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (name, b, _) in &cases {
+        b.create(&client, &ns, name).await;
+    }
+    // A run with an unparsable spec (params not a list), created beside them.
+    let mut raw = ok().body("raw");
+    raw["spec"]["params"] = json!({"action": "status"});
+    let raw_obj: kube::api::DynamicObject = serde_json::from_value(raw).unwrap();
+    let raw_created = customruns(&client, &ns)
+        .create(&Default::default(), &raw_obj)
+        .await;
+    for (name, _, reason) in &cases {
+        let done = wait_done(&client, &ns, name, 60).await;
+        let (s, r, m) = condition(&done).unwrap();
+        assert_eq!((s.as_str(), r.as_str()), ("False", *reason), "{name}: {m}");
+        assert!(!m.is_empty(), "{name} has a message");
+        assert!(
+            done.data["status"]["retriesStatus"]
+                .as_array()
+                .is_none_or(|a| a.is_empty()),
+            "{name} is not retried"
+        );
+    }
+    if raw_created.is_ok() {
+        assert_condition(
+            &wait_done(&client, &ns, "raw", 30).await,
+            "False",
+            "InvalidParams",
+        );
+    }
+    // Still serving: a good run right after.
+    let img = unique("after-bad");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    ok().param("action", "status")
+        .param("images", json!([img]))
+        .create(&client, &ns, "good")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "good", 60).await,
+        "True",
+        "Succeeded",
+    );
+}
+
+#[tokio::test]
+async fn referenced_step_object_supplies_the_spec_and_params_override_it() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-ref").await;
+    let img = unique("ref");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let step: rbd_mirror_step::api::RbdMirrorStep = serde_json::from_value(json!({
+        "apiVersion": "rbdmirror.dev/v1alpha1", "kind": "RbdMirrorStep",
+        "metadata": {"name": "check-a"},
+        "spec": {"action": "status", "cluster": "site-a", "pool": lab.pool, "images": ["not-this-one"]}
+    }))
+    .unwrap();
+    // The smoke test installs the CRD; make sure it is there for this test too.
+    install_crd(&client).await;
+    let api: kube::api::Api<rbd_mirror_step::api::RbdMirrorStep> =
+        kube::api::Api::namespaced(client.clone(), &ns);
+    wait_for(30, "RbdMirrorStep create", || async {
+        api.create(&Default::default(), &step).await.ok()
+    })
+    .await;
+    let mut b = run().param("images", json!([img]));
+    b.custom_ref_name = Some("check-a".into());
+    b.create(&client, &ns, "by-ref").await;
+    let done = wait_done(&client, &ns, "by-ref", 60).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(
+        result(&done, "states").unwrap()[format!("{}/{img}", lab.pool)]["role"],
+        "primary"
+    );
+    // An embedded spec works the same way.
+    let mut e = run();
+    e.custom_spec =
+        Some(json!({"action": "status", "cluster": "site-b", "pool": lab.pool, "images": [img]}));
+    e.create(&client, &ns, "embedded").await;
+    let done = wait_done(&client, &ns, "embedded", 60).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(
+        result(&done, "states").unwrap()[format!("{}/{img}", lab.pool)]["role"],
+        "non-primary"
+    );
+}
+
+async fn install_crd(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let crds: kube::api::Api<CustomResourceDefinition> = kube::api::Api::all(client.clone());
+    crds.patch(
+        "rbdmirrorsteps.rbdmirror.dev",
+        &kube::api::PatchParams::apply("rbd-mirror-step-tests").force(),
+        &kube::api::Patch::Apply(rbd_mirror_step::api::RbdMirrorStep::crd()),
+    )
+    .await
+    .unwrap();
+}
