@@ -117,7 +117,9 @@ pub async fn reconcile(
             Ok(requeue_at(contract::deadline(&written, timeout)))
         }
         Decision::TimedOut { retry } => {
-            if ctx.stop_task(flavor, &ns, &name, StopCause::TimedOut) {
+            // A running task keeps its own deadline (this view may be older
+            // than the attempt it runs): only a run without one is timed out here.
+            if ctx.has_task(flavor, &ns, &name) {
                 return Ok(Requeue::requeue(Duration::from_secs(5)));
             }
             // The deadline passed while no task ran (e.g. the controller was down).

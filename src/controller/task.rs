@@ -252,7 +252,7 @@ async fn finish(
                         ),
                         res.clone(),
                     ),
-                    (StepEnd::Stopped, _) => {
+                    (StepEnd::Stopped, _) if run.is_cancelled() => {
                         let why = run
                             .spec
                             .status_message
@@ -260,6 +260,9 @@ async fn finish(
                             .unwrap_or_else(|| "cancelled".into());
                         contract::cancel(s, flavor, now, &format!("{why}; {msg}"), res.clone())
                     }
+                    // Stopped for no reason the run shows (the controller is
+                    // shutting down): progress is recorded, the run resumes later.
+                    (StepEnd::Stopped, _) => {}
                 }
             })
         })

@@ -23,6 +23,13 @@ pub struct ControllerProcess {
     pub log: std::path::PathBuf,
 }
 
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn start_controller(selector_value: &str, extra_env: &[(&str, &str)]) -> ControllerProcess {
     let lab = lab();
     let log = lab.dir.join("logs").join(format!(
@@ -35,7 +42,7 @@ pub fn start_controller(selector_value: &str, extra_env: &[(&str, &str)]) -> Con
         .open(&log)
         .expect("controller log");
     let selector = format!("rbdmirror.dev/test={selector_value}");
-    let tmp = lab.dir.join("controller-tmp");
+    let tmp = lab.dir.join("controller-tmp").join(selector_value);
     std::fs::create_dir_all(&tmp).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbd-mirror-step"));
     cmd.args(["run", "--exit-on-stdin-eof", "--label-selector", &selector])

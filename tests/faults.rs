@@ -1,0 +1,301 @@
+//! Fault tests: a lost site, a killed controller, and what exactly the
+//! controller sends to Ceph. They freeze daemons or own their controller,
+//! so they run one at a time (a lock below), after the other test binaries.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::runs::*;
+use common::{client, lab, mirrored_image, unique, wait_for};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn lab_cmd(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab");
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .expect("lab script");
+    assert!(
+        out.status.success(),
+        "lab {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Thaws site-a even when the test panics half-way.
+struct ThawOnDrop;
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        lab_cmd(&["thaw", "site-a"]);
+    }
+}
+
+/// A controller of this test only, running `rbd` through the logging wrapper.
+struct Logged {
+    proc: ControllerProcess,
+    calls: PathBuf,
+    selector: String,
+}
+
+fn logged_controller(name: &str) -> Logged {
+    let calls = lab()
+        .dir
+        .join("logs")
+        .join(format!("rbd-calls-{}.log", unique(name)));
+    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/rbd-logging");
+    let selector = unique(name);
+    let proc = start_controller(
+        &selector,
+        &[
+            ("RBD_BINARY", wrapper),
+            ("RBD_CALL_LOG", calls.to_str().unwrap()),
+        ],
+    );
+    Logged {
+        proc,
+        calls,
+        selector,
+    }
+}
+
+impl Logged {
+    /// (start time in ns, arguments) of every rbd call naming `needle`.
+    fn calls(&self, needle: &str) -> Vec<(u128, String)> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| {
+                l.split_once(' ')
+                    .map(|(t, a)| (t.parse().unwrap_or(0), a.to_string()))
+            })
+            .collect()
+    }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn lost_site_unplanned_failover_then_split_brain_repair() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let sel = shared_controller("faults");
+    let ns = run_namespace(&client, "fault-lost").await;
+    let img = unique("lost");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let key = format!("{}/{img}", lab.pool);
+    let promote = |force: bool| {
+        let mut b = RunBuilder::new(&sel)
+            .param("action", "promote")
+            .param("cluster", "site-b")
+            .param("peerCluster", "site-a")
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]));
+        if force {
+            b = b.param("force", "true");
+        }
+        b
+    };
+
+    lab_cmd(&["freeze", "site-a"]);
+    let thaw = ThawOnDrop;
+    let t0 = Instant::now();
+    promote(false)
+        .timeout("10m")
+        .create(&client, &ns, "planned")
+        .await;
+    let done = wait_done(&client, &ns, "planned", 90).await;
+    let (s, r, m) = condition(&done).unwrap();
+    assert_eq!(
+        (s.as_str(), r.as_str()),
+        ("False", "PeerUnavailable"),
+        "{m}"
+    );
+    assert!(
+        m.contains("force"),
+        "the message tells the operator what to do: {m}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "fails fast, not at the 10m timeout: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+
+    promote(true).create(&client, &ns, "forced").await;
+    let done = wait_done(&client, &ns, "forced", 120).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(result(&done, "outcomes").unwrap()[&key], "force-promoted");
+    assert!(
+        result(&done, "forced").unwrap()[&key].is_string(),
+        "the data-loss window is reported"
+    );
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
+    drop(thaw);
+
+    // site-a returns, still primary: a split-brain, which status reports.
+    wait_for(60, "site-a answers again", || async {
+        lab.a.is_primary(&lab.pool, &img)
+    })
+    .await;
+    RunBuilder::new(&sel)
+        .param("action", "status")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "after-thaw")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "after-thaw", 60).await,
+        "False",
+        "SplitBrain",
+    );
+
+    // Repair: demote the loser (site-a), resync it, wait until it replays.
+    let on_a = |action: &str| {
+        RunBuilder::new(&sel)
+            .param("action", action)
+            .param("cluster", "site-a")
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]))
+    };
+    on_a("demote").create(&client, &ns, "demote-a").await;
+    assert_condition(
+        &wait_done(&client, &ns, "demote-a", 60).await,
+        "True",
+        "Succeeded",
+    );
+    on_a("resync").create(&client, &ns, "resync-a").await;
+    let done = wait_done(&client, &ns, "resync-a", 180).await;
+    assert_condition(&done, "True", "Succeeded");
+    on_a("status")
+        .param("waitFor", "replaying")
+        .create(&client, &ns, "replaying-a")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "replaying-a", 120).await,
+        "True",
+        "Succeeded",
+    );
+    assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(false));
+    assert_eq!(
+        lab.a.mirror_state(&lab.pool, &img).as_deref(),
+        Some("up+replaying")
+    );
+}
+
+#[tokio::test]
+async fn no_rbd_command_starts_after_the_cancel_is_seen() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let ctl = logged_controller("cancel");
+    let ns = run_namespace(&client, "fault-cancel").await;
+    let img = unique("cxl");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    RunBuilder::new(&ctl.selector)
+        .param("action", "promote")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "promote")
+        .await;
+    wait_message(&client, &ns, "promote", "still primary", 60).await;
+    assert!(
+        !ctl.calls(&img).is_empty(),
+        "the wrapper sees the controller's calls"
+    );
+    cancel(&client, &ns, "promote").await;
+    let done = wait_done(&client, &ns, "promote", 30).await;
+    let seen = now_ns();
+    assert_condition(&done, "False", "CustomRunCancelled");
+    // The controller's waits poll at most every 2 s: give a stray call
+    // three times that to show up before concluding none does.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let late: Vec<_> = ctl
+        .calls(&img)
+        .into_iter()
+        .filter(|(t, _)| *t > seen)
+        .collect();
+    assert!(late.is_empty(), "rbd commands after the cancel: {late:?}");
+    assert!(
+        ctl.calls(&img).iter().all(|(_, a)| !a.contains("promote")),
+        "nothing was promoted"
+    );
+    drop(ctl.proc);
+}
+
+#[tokio::test]
+async fn killed_controller_resumes_a_resync_without_issuing_it_twice() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let mut ctl = logged_controller("kill");
+    let ns = run_namespace(&client, "fault-kill").await;
+    let img = unique("kill");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let key = format!("{}/{img}", lab.pool);
+    RunBuilder::new(&ctl.selector)
+        .param("action", "resync")
+        .param("cluster", "site-b")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "resync")
+        .await;
+    let api = customruns(&client, &ns);
+    // Kill it once the resync is recorded (write-ahead) and issued.
+    wait_for(60, "the resync recorded in extraFields", || async {
+        let o = api.get("resync").await.ok()?;
+        o.data["status"]["extraFields"]["progress"]["resyncIssued"][&key]
+            .as_str()
+            .map(drop)
+    })
+    .await;
+    wait_for(30, "the resync issued", || async {
+        ctl.calls(&img)
+            .iter()
+            .any(|(_, a)| a.contains("mirror image resync"))
+            .then_some(())
+    })
+    .await;
+    ctl.proc.child.kill().expect("SIGKILL the controller");
+    ctl.proc.child.wait().unwrap();
+    let before = api.get("resync").await.unwrap();
+    assert_eq!(condition(&before).unwrap().0, "Unknown", "killed mid-step");
+
+    // A new controller (same selector, same rbd log) resumes the run.
+    let proc2 = start_controller(
+        &ctl.selector,
+        &[
+            (
+                "RBD_BINARY",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/rbd-logging"),
+            ),
+            ("RBD_CALL_LOG", ctl.calls.to_str().unwrap()),
+        ],
+    );
+    let done = wait_done(&client, &ns, "resync", 180).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(result(&done, "outcomes").unwrap()[&key], "resynced");
+    let resyncs = ctl
+        .calls(&img)
+        .into_iter()
+        .filter(|(_, a)| a.contains("mirror image resync"))
+        .count();
+    assert_eq!(
+        resyncs, 1,
+        "the resync was issued exactly once across the restart"
+    );
+    drop(proc2);
+}
