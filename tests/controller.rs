@@ -634,3 +634,106 @@ async fn install_crd(client: &kube::Client) {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn journal_mode_promote_needs_the_peer_and_then_fails_over() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-journal").await;
+    let img = unique("jr");
+    common::mirrored_image_mode(&lab.a, &lab.b, &lab.pool, &img, "journal").await;
+    let key = format!("{}/{img}", lab.pool);
+    lab.a.rbd_ok(&["mirror", "image", "demote", &key]);
+    let promote = || {
+        run()
+            .param("action", "promote")
+            .param("cluster", "site-b")
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]))
+    };
+    // Without the peer's Secret nothing proves the journal was replayed
+    // (a stale journal promote succeeds in Ceph: ceph-lab.md P10).
+    promote().create(&client, &ns, "no-peer").await;
+    let done = wait_done(&client, &ns, "no-peer", 60).await;
+    assert_condition(&done, "False", "PeerRequired");
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+
+    promote()
+        .param("peerCluster", "site-a")
+        .create(&client, &ns, "with-peer")
+        .await;
+    let done = wait_done(&client, &ns, "with-peer", 120).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(result(&done, "outcomes").unwrap()[&key], "promoted");
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
+    run()
+        .param("action", "status")
+        .param("cluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .param("waitFor", "replaying")
+        .create(&client, &ns, "a-replays")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "a-replays", 120).await,
+        "True",
+        "Succeeded",
+    );
+}
+
+#[tokio::test]
+async fn demote_refuses_an_image_in_use_unless_forced() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-inuse").await;
+    let img = unique("use");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let key = format!("{}/{img}", lab.pool);
+    // A client writing to the image holds its exclusive lock: the lab's
+    // model of a mounted volume.
+    let mut writer = std::process::Command::new("rbd")
+        .arg("-c")
+        .arg(&lab.a.admin_conf)
+        .args([
+            "bench",
+            "--io-type",
+            "write",
+            "--io-size",
+            "4K",
+            "--io-threads",
+            "1",
+            "--io-total",
+            "10G",
+            "--io-pattern",
+            "rand",
+            &key,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(30, "the writer to hold the lock", || async {
+        let locks = lab.a.json(&["lock", "ls", &key])?;
+        (!locks.as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let demote = || {
+        run()
+            .param("action", "demote")
+            .param("cluster", "site-a")
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]))
+    };
+    demote().create(&client, &ns, "in-use").await;
+    let done = wait_done(&client, &ns, "in-use", 60).await;
+    assert_condition(&done, "False", "ImageInUse");
+    assert!(condition(&done).unwrap().2.contains("stop the application"));
+    assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(true));
+    demote()
+        .param("force", "true")
+        .create(&client, &ns, "forced")
+        .await;
+    let done = wait_done(&client, &ns, "forced", 60).await;
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(false));
+}

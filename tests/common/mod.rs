@@ -159,9 +159,31 @@ where
 /// Creates a snapshot-mirrored image on `site` and waits until the other
 /// site replays it.
 pub async fn mirrored_image(primary: &Site, secondary: &Site, pool: &str, name: &str) {
+    mirrored_image_mode(primary, secondary, pool, name, "snapshot").await
+}
+
+/// Like `mirrored_image`, in `snapshot` or `journal` mode.
+pub async fn mirrored_image_mode(
+    primary: &Site,
+    secondary: &Site,
+    pool: &str,
+    name: &str,
+    mode: &str,
+) {
     let spec = format!("{pool}/{name}");
-    primary.rbd_ok(&["create", "--size", "16M", &spec]);
-    primary.rbd_ok(&["mirror", "image", "enable", &spec, "snapshot"]);
+    if mode == "journal" {
+        primary.rbd_ok(&[
+            "create",
+            "--size",
+            "16M",
+            "--image-feature",
+            "layering,exclusive-lock,journaling",
+            &spec,
+        ]);
+    } else {
+        primary.rbd_ok(&["create", "--size", "16M", &spec]);
+    }
+    primary.rbd_ok(&["mirror", "image", "enable", &spec, mode]);
     wait_for(
         90,
         &format!("{spec} replaying on {}", secondary.name),
