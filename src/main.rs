@@ -69,6 +69,18 @@ struct RunArgs {
     /// new version beside the old one.
     #[arg(long, env = "RBDSTEP_LABEL_SELECTOR", global = true)]
     label_selector: Option<String>,
+    /// Elect a leader through a Lease, so that replicas never both act.
+    #[arg(long, env = "RBDSTEP_LEADER_ELECTION", global = true)]
+    leader_election: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", global = true)]
+    lease_namespace: Option<String>,
+    /// Identity in the Lease (default: $POD_NAME, else host and pid).
+    #[arg(long, env = "POD_NAME", global = true)]
+    identity: Option<String>,
+    /// Address of /healthz and /readyz (e.g. 0.0.0.0:8081).
+    #[arg(long, env = "RBDSTEP_HEALTH_ADDR", global = true)]
+    health_addr: Option<std::net::SocketAddr>,
     /// Exit when standard input closes (for tests that own the controller).
     #[arg(long, hide = true, global = true)]
     exit_on_stdin_eof: bool,
@@ -149,6 +161,18 @@ async fn run(args: RunArgs) -> ExitCode {
         peer_timeout: Duration::from_secs(args.peer_timeout_secs),
         concurrency: args.concurrency,
         label_selector: args.label_selector,
+        health_addr: args.health_addr,
+        leader_election: args.leader_election.then(|| controller::LeaderElection {
+            namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            lease: "rbd-mirror-step".into(),
+            identity: args.identity.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            }),
+        }),
         ..Config::default()
     };
     if args.exit_on_stdin_eof {

@@ -3,6 +3,7 @@
 //! Reconcile never runs a step inline: kube-runtime never reconciles one
 //! object twice at once, so an inline step would block its own cancel.
 
+pub mod health;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
@@ -37,6 +38,12 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    #[error("leader election on Lease {namespace}/{lease}: {message}")]
+    Lease {
+        namespace: String,
+        lease: String,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +59,17 @@ pub struct Config {
     pub concurrency: u16,
     /// Only runs whose labels match.
     pub label_selector: Option<String>,
+    /// Leader election through a Lease in this namespace (None: no election).
+    pub leader_election: Option<LeaderElection>,
+    /// Where `/healthz` and `/readyz` listen (None: nowhere).
+    pub health_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease: String,
+    pub identity: String,
 }
 
 impl Default for Config {
@@ -63,6 +81,8 @@ impl Default for Config {
             pace: Pace::default(),
             concurrency: 16,
             label_selector: None,
+            leader_election: None,
+            health_addr: None,
         }
     }
 }
@@ -203,7 +223,10 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         return Err(Error::ApiMissing("tekton.dev/v1beta1 CustomRun"));
     }
     let legacy = served(&client, Flavor::Run).await;
-    let ctx = Context::new(client, config);
+    let health = Arc::new(health::Health::default());
+    if let Some(addr) = config.health_addr {
+        tokio::spawn(health::serve(addr, health.clone()));
+    }
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -213,15 +236,77 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
             shutdown.cancel();
         });
     }
+    // Only the lease holder acts: two replicas must never both run a step.
+    // A replica that loses the lease exits; the next leader resumes every
+    // run from its status.
+    let mut leadership = None;
+    if let Some(le) = &config.leader_election {
+        let lease_err = |message: String| Error::Lease {
+            namespace: le.namespace.clone(),
+            lease: le.lease.clone(),
+            message,
+        };
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &le.lease)
+            .with_namespace(&le.namespace)
+            .with_identity(&le.identity)
+            .build()
+            .await
+            .map_err(|e| lease_err(e.to_string()))?;
+        let (mut rx, handle) = manager.watch().await;
+        health.ready.store(true, Ordering::Relaxed);
+        info!(lease = %le.lease, identity = %le.identity, "waiting to lead");
+        while !*rx.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = rx.changed() => if changed.is_err() {
+                    return Err(lease_err("the lease manager stopped".into()));
+                }
+            }
+        }
+        info!("leading");
+        leadership = Some((rx, handle));
+    }
+    let ctx = Context::new(client, config);
+    health.ready.store(true, Ordering::Relaxed);
     info!(legacy_run = legacy, "controller started");
-    let custom = controller_for(ctx.clone(), Flavor::CustomRun, shutdown.clone());
-    if legacy {
-        futures::join!(
-            custom,
-            controller_for(ctx.clone(), Flavor::Run, shutdown.clone())
-        );
-    } else {
-        custom.await;
+    let lost = async {
+        match &mut leadership {
+            Some((rx, _)) => loop {
+                if rx.changed().await.is_err() || !*rx.borrow_and_update() {
+                    return;
+                }
+            },
+            None => futures::future::pending().await,
+        }
+    };
+    let controllers = async {
+        let custom = controller_for(ctx.clone(), Flavor::CustomRun, shutdown.clone());
+        if legacy {
+            futures::join!(
+                custom,
+                controller_for(ctx.clone(), Flavor::Run, shutdown.clone())
+            );
+        } else {
+            custom.await;
+        }
+    };
+    let lost_lease = tokio::select! {
+        _ = controllers => false,
+        _ = lost => true,
+    };
+    if lost_lease {
+        error!("lost the leader lease: exiting so that no step runs twice");
+        return Err(Error::Lease {
+            namespace: String::new(),
+            lease: String::new(),
+            message: "lost the lease".into(),
+        });
+    }
+    if let Some((rx, handle)) = leadership {
+        drop(rx);
+        if let Ok(Ok(manager)) = handle.await {
+            let _ = manager.release().await;
+        }
     }
     // Steps in flight are not cancelled: their runs resume from their status
     // when a controller starts again (children die with this process).
