@@ -5,4 +5,5 @@ pub mod api;
 pub mod ceph;
 pub mod contract;
 pub mod controller;
+pub mod metrics;
 pub mod step;

@@ -737,3 +737,119 @@ async fn demote_refuses_an_image_in_use_unless_forced() {
     assert_condition(&done, "True", "Succeeded");
     assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(false));
 }
+
+/// The legacy `tekton.dev/v1alpha1` Run (Tekton <= 0.46), created directly
+/// against that release's Run CRD (installed by the lab).
+fn legacy_runs(client: &kube::Client, ns: &str) -> kube::api::Api<kube::api::DynamicObject> {
+    kube::api::Api::namespaced_with(
+        client.clone(),
+        ns,
+        &rbd_mirror_step::api::Flavor::Run.api_resource(),
+    )
+}
+
+fn legacy_run(
+    name: &str,
+    params: serde_json::Value,
+    extra: serde_json::Value,
+) -> kube::api::DynamicObject {
+    let mut spec = json!({"ref": {"apiVersion": "rbdmirror.dev/v1alpha1", "kind": "RbdMirrorStep"}, "params": params});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "tekton.dev/v1alpha1", "kind": "Run",
+        "metadata": {"name": name, "labels": {"rbdmirror.dev/test": shared_controller(SEL)}},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+async fn wait_legacy_done(
+    api: &kube::api::Api<kube::api::DynamicObject>,
+    name: &str,
+    secs: u64,
+) -> kube::api::DynamicObject {
+    wait_for(secs, &format!("Run {name} to finish"), || async {
+        let o = api.get(name).await.ok()?;
+        condition(&o).filter(|(s, _, _)| s != "Unknown").map(|_| o)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn legacy_run_objects_follow_their_own_rules() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-legacy").await;
+    let img = unique("legacy");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let runs = legacy_runs(&client, &ns);
+    let params = |action: &str| {
+        json!([
+            {"name": "action", "value": action},
+            {"name": "cluster", "value": "site-b"},
+            {"name": "peerCluster", "value": "site-a"},
+            {"name": "pool", "value": lab.pool},
+            {"name": "images", "value": [img]},
+        ])
+    };
+    runs.create(
+        &Default::default(),
+        &legacy_run("status", params("status"), json!({})),
+    )
+    .await
+    .unwrap();
+    let done = wait_legacy_done(&runs, "status", 60).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(
+        result(&done, "states").unwrap()[format!("{}/{img}", lab.pool)]["role"],
+        "non-primary"
+    );
+
+    // Cancel: spec.status RunCancelled -> reason RunCancelled.
+    runs.create(
+        &Default::default(),
+        &legacy_run("cancel", params("promote"), json!({})),
+    )
+    .await
+    .unwrap();
+    wait_for(60, "the legacy promote to wait", || async {
+        let o = runs.get("cancel").await.ok()?;
+        condition(&o)
+            .filter(|(_, _, m)| m.contains("still primary"))
+            .map(drop)
+    })
+    .await;
+    runs.patch(
+        "cancel",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"status": "RunCancelled"}})),
+    )
+    .await
+    .unwrap();
+    assert_condition(
+        &wait_legacy_done(&runs, "cancel", 30).await,
+        "False",
+        "RunCancelled",
+    );
+
+    // The Run timeout spans all retries: no attempt after it, reason RunTimedOut.
+    runs.create(
+        &Default::default(),
+        &legacy_run(
+            "timeout",
+            params("promote"),
+            json!({"timeout": "4s", "retries": 3}),
+        ),
+    )
+    .await
+    .unwrap();
+    let done = wait_legacy_done(&runs, "timeout", 60).await;
+    assert_condition(&done, "False", "RunTimedOut");
+    assert!(
+        done.data["status"]["retriesStatus"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+    );
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+}

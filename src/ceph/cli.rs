@@ -97,6 +97,7 @@ impl RbdCli {
             });
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::inc(&crate::metrics::RBD_CALLS);
         let err = |kind, exit, detail: String| RbdError {
             kind,
             op,

@@ -1,5 +1,5 @@
 //! `/healthz` (the process answers) and `/readyz` (the controller is
-//! watching, as leader or standby) for the Deployment's probes.
+//! watching, as leader or standby) for the Deployment's probes, and `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +20,9 @@ pub struct Health {
 }
 
 fn answer(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/metrics" {
+        return Response::new(Full::new(Bytes::from(crate::metrics::render())));
+    }
     let (code, body) = match req.uri().path() {
         "/healthz" | "/livez" => (StatusCode::OK, "ok"),
         "/readyz" if health.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok"),

@@ -122,6 +122,10 @@ impl StatusWriter {
                 .await
             {
                 Ok(obj) => {
+                    crate::metrics::inc(&crate::metrics::STATUS_WRITES);
+                    if contract::is_done(&new) {
+                        crate::metrics::inc(&crate::metrics::RUNS_FINISHED);
+                    }
                     run.metadata = obj.metadata;
                     run.status = new;
                     return Ok(run);
