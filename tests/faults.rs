@@ -221,7 +221,7 @@ async fn no_rbd_command_starts_after_the_cancel_is_seen() {
     let done = wait_done(&client, &ns, "promote", 30).await;
     let seen = now_ns();
     assert_condition(&done, "False", "CustomRunCancelled");
-    // The controller's waits poll at most every 2 s: give a stray call
+    // The controller's waits poll at most every 0.5 s: give a stray call
     // three times that to show up before concluding none does.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let late: Vec<_> = ctl

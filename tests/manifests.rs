@@ -21,9 +21,7 @@ fn params_used(v: &Value, out: &mut Vec<String>) {
             let mut rest = s.as_str();
             while let Some(i) = rest.find("$(params.") {
                 let tail = &rest[i + 9..];
-                let end = tail
-                    .find([')', '['])
-                    .unwrap_or(tail.len());
+                let end = tail.find([')', '[']).unwrap_or(tail.len());
                 out.push(tail[..end].to_string());
                 rest = &tail[end..];
             }

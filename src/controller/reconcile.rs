@@ -54,7 +54,7 @@ pub async fn reconcile(
         Ok(t) => t,
         Err(e) => {
             drop(_e);
-            fail_invalid(&writer, &e.to_string()).await?;
+            writer.fail_invalid(&e.to_string()).await?;
             return Ok(Requeue::await_change());
         }
     };
@@ -89,7 +89,7 @@ pub async fn reconcile(
                 Ok(s) => s,
                 Err(e) => {
                     info!(error = %e.0, "invalid step");
-                    fail_invalid(&writer, &e.0).await?;
+                    writer.fail_invalid(&e.0).await?;
                     return Ok(Requeue::await_change());
                 }
             };
@@ -207,23 +207,6 @@ pub async fn resolve(ctx: &Context, run: &TektonRun) -> Result<ResolvedStep, Inv
         RbdMirrorStepSpec::default()
     };
     validate(&overlay(&base, &run.spec.params)?)
-}
-
-async fn fail_invalid(writer: &StatusWriter, message: &str) -> Result<(), Error> {
-    writer
-        .update(|r| {
-            unless_done(r, |s| {
-                contract::fail(
-                    s,
-                    Timestamp::now(),
-                    Reason::InvalidParams.as_str(),
-                    message,
-                    vec![],
-                )
-            })
-        })
-        .await?;
-    Ok(())
 }
 
 /// A run of ours whose spec or status does not parse: fail it with what

@@ -147,6 +147,24 @@ impl StatusWriter {
     }
 }
 
+impl StatusWriter {
+    /// Fails the run for bad input: never retried.
+    pub async fn fail_invalid(&self, message: &str) -> Result<TektonRun, StatusError> {
+        self.update(|r| {
+            unless_done(r, |s| {
+                contract::fail(
+                    s,
+                    jiff::Timestamp::now(),
+                    crate::step::Reason::InvalidParams.as_str(),
+                    message,
+                    vec![],
+                )
+            })
+        })
+        .await
+    }
+}
+
 /// Update helper: only while the run is unfinished.
 pub fn unless_done(run: &TektonRun, f: impl FnOnce(&mut RunStatus)) -> Update {
     if contract::is_done(&run.status) {

@@ -113,17 +113,7 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status:
         let extra = Extra::of(&run.status);
         let Some(step) = extra.step.clone() else {
             writer
-                .update(|r| {
-                    unless_done(r, |s| {
-                        contract::fail(
-                            s,
-                            Timestamp::now(),
-                            Reason::InvalidParams.as_str(),
-                            "the run's resolved step is missing from status.extraFields",
-                            vec![],
-                        )
-                    })
-                })
+                .fail_invalid("the run's resolved step is missing from status.extraFields")
                 .await?;
             return Ok(());
         };
@@ -411,7 +401,9 @@ async fn attempt(
     let ticker = {
         let (cp, interval) = (checkpoint.clone(), ctx.config.status_interval);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            // The first write waits an interval: a short step needs none.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -438,8 +430,8 @@ async fn attempt(
     };
     progress.lock().expect("progress").waiting = None;
     let exec = execute(step, &sites, progress, token, &checkpoint, ctx.config.pace).await;
+    // The final status write (finish) carries the progress: no write here.
     drop(held);
-    let _ = checkpoint.write().await;
     drop((local, peer));
     Ok(exec)
 }

@@ -59,9 +59,11 @@ pub struct Pace {
 
 impl Default for Pace {
     fn default() -> Self {
+        // Ceph allows a promote within seconds of the demotion (ceph-lab.md
+        // section 7): a slow backoff would add most of a step's time for nothing.
         Pace {
-            first: Duration::from_millis(250),
-            max: Duration::from_secs(2),
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(500),
         }
     }
 }
@@ -499,6 +501,12 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             if arrived {
                 match self.mutate(self.sites.local.promote(img, false)).await? {
                     Ok(()) => {
+                        // Exit 0 means promoted; observe confirms the role,
+                        // and only a disagreeing `rbd info` is waited out.
+                        let o = self.observe(img, "promoted").await?;
+                        if o.state.role == "primary" {
+                            return Ok(o);
+                        }
                         self.wait_role(img, true).await?;
                         return self.observe(img, "promoted").await;
                     }
