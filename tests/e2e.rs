@@ -5,101 +5,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::pipelines::*;
 use common::runs::*;
 use common::{client, lab, mirrored_image, unique, wait_for};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::json;
 
 const SEL: &str = "e2e";
-
-pub fn api(client: &kube::Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("tekton.dev", "v1", kind),
-            plural,
-        ),
-    )
-}
-
-/// Creates the pipelines of tekton/ in `ns`, as `kubectl apply -f tekton/` would.
-pub async fn install_pipelines(client: &kube::Client, ns: &str) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tekton");
-    for f in [
-        "planned-failover.yaml",
-        "unplanned-failover.yaml",
-        "failback.yaml",
-    ] {
-        let text = std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
-        let value: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
-        let obj: DynamicObject = serde_json::from_value(value).unwrap();
-        api(client, ns, "Pipeline", "pipelines")
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap_or_else(|e| panic!("{f}: {e}"));
-    }
-}
-
-pub async fn start_pipeline(
-    client: &kube::Client,
-    ns: &str,
-    pipeline: &str,
-    name: &str,
-    params: Value,
-    extra_spec: Value,
-) {
-    let mut spec = json!({"pipelineRef": {"name": pipeline}, "params": params});
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
-        s.extend(e.clone());
-    }
-    let pr: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "labels": {"rbdmirror.dev/test": shared_controller(SEL)}},
-        "spec": spec,
-    }))
-    .unwrap();
-    api(client, ns, "PipelineRun", "pipelineruns")
-        .create(&PostParams::default(), &pr)
-        .await
-        .expect("create PipelineRun");
-}
-
-pub fn pr_condition(o: &DynamicObject) -> Option<(String, String, String)> {
-    condition(o)
-}
-
-pub async fn wait_pipeline(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    secs: u64,
-) -> DynamicObject {
-    let prs = api(client, ns, "PipelineRun", "pipelineruns");
-    wait_for(
-        secs,
-        &format!("PipelineRun {ns}/{name} to finish"),
-        || async {
-            let o = prs.get(name).await.ok()?;
-            pr_condition(&o)
-                .filter(|(s, _, _)| s != "Unknown")
-                .map(|_| o)
-        },
-    )
-    .await
-}
-
-pub fn pr_result(o: &DynamicObject, name: &str) -> Option<Value> {
-    let v = o.data["status"]["results"]
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == name)?["value"]
-        .clone();
-    match v {
-        Value::String(s) => Some(serde_json::from_str(&s).unwrap_or(Value::String(s))),
-        other => Some(other),
-    }
-}
 
 #[tokio::test]
 async fn planned_failover_pipeline_moves_images_and_publishes_results() {
@@ -111,6 +23,7 @@ async fn planned_failover_pipeline_moves_images_and_publishes_results() {
         mirrored_image(&lab.a, &lab.b, &lab.pool, i).await;
     }
     start_pipeline(
+        SEL,
         &client,
         &ns,
         "planned-failover",
@@ -174,6 +87,7 @@ async fn cancelled_pipeline_ends_cancelled_not_failed() {
     mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     // Promote on site-b while site-a stays primary: the step can only wait.
     start_pipeline(
+        SEL,
         &client,
         &ns,
         "unplanned-failover",
@@ -212,6 +126,7 @@ async fn pipeline_task_timeout_stops_the_customrun() {
     let img = unique("pt");
     mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     start_pipeline(
+        SEL,
         &client,
         &ns,
         "unplanned-failover",
@@ -272,6 +187,7 @@ async fn retried_step_shows_its_attempts_and_the_pipeline_succeeds() {
         .await
         .unwrap();
     start_pipeline(
+        SEL,
         &client,
         &ns,
         "promote-with-retries",

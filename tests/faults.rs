@@ -299,3 +299,107 @@ async fn killed_controller_resumes_a_resync_without_issuing_it_twice() {
     );
     drop(proc2);
 }
+
+#[tokio::test]
+async fn unplanned_failover_and_failback_pipelines_with_a_lost_site() {
+    use common::pipelines::*;
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let sel = shared_controller("faults");
+    let ns = run_namespace(&client, "fault-pipelines").await;
+    install_pipelines(&client, &ns).await;
+    let img = unique("upf");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let key = format!("{}/{img}", lab.pool);
+    let unplanned = |force: &str| {
+        json!([
+            {"name": "pool", "value": lab.pool},
+            {"name": "images", "value": [img]},
+            {"name": "lost-cluster", "value": "site-a"},
+            {"name": "to-cluster", "value": "site-b"},
+            {"name": "force", "value": force},
+        ])
+    };
+
+    lab_cmd(&["freeze", "site-a"]);
+    let thaw = ThawOnDrop;
+    let t0 = Instant::now();
+    start_pipeline(
+        &sel,
+        &client,
+        &ns,
+        "unplanned-failover",
+        "no-force",
+        unplanned("false"),
+        json!({}),
+    )
+    .await;
+    let pr = wait_pipeline(&client, &ns, "no-force", 120).await;
+    assert_eq!(pr_condition(&pr).unwrap().0, "False");
+    let step = customruns(&client, &ns)
+        .get("no-force-promote")
+        .await
+        .unwrap();
+    let (_, reason, message) = condition(&step).unwrap();
+    assert_eq!(reason, "PeerUnavailable", "{message}");
+    assert!(
+        message.contains("force"),
+        "tells the operator what to do: {message}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(90),
+        "fails fast: {:?}",
+        t0.elapsed()
+    );
+
+    start_pipeline(
+        &sel,
+        &client,
+        &ns,
+        "unplanned-failover",
+        "forced",
+        unplanned("true"),
+        json!({}),
+    )
+    .await;
+    let pr = wait_pipeline(&client, &ns, "forced", 180).await;
+    let (s, r, m) = pr_condition(&pr).unwrap();
+    assert_eq!(s, "True", "{r}: {m}");
+    assert!(
+        pr_result(&pr, "data-loss-window").unwrap()[&key].is_string(),
+        "the data-loss window is a pipeline result"
+    );
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
+    drop(thaw);
+
+    // site-a returns still primary (split-brain); failback repairs it and
+    // makes site-a primary again.
+    wait_for(60, "site-a answers again", || async {
+        lab.a.is_primary(&lab.pool, &img)
+    })
+    .await;
+    start_pipeline(
+        &sel,
+        &client,
+        &ns,
+        "failback",
+        "failback",
+        json!([
+            {"name": "pool", "value": lab.pool},
+            {"name": "images", "value": [img]},
+            {"name": "returning-cluster", "value": "site-a"},
+            {"name": "current-cluster", "value": "site-b"},
+        ]),
+        json!({}),
+    )
+    .await;
+    let pr = wait_pipeline(&client, &ns, "failback", 420).await;
+    let (s, r, m) = pr_condition(&pr).unwrap();
+    assert_eq!(s, "True", "{r}: {m}");
+    assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(true));
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+    assert_eq!(
+        pr_result(&pr, "current-states").unwrap()[&key]["state"],
+        "up+replaying"
+    );
+}

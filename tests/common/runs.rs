@@ -65,11 +65,16 @@ pub fn start_controller(selector_value: &str, extra_env: &[(&str, &str)]) -> Con
 }
 
 /// The controller shared by the tests of one binary.
-pub fn shared_controller(selector_value: &'static str) -> String {
+pub fn shared_controller(selector_value: &str) -> String {
     static SHARED: Mutex<Option<ControllerProcess>> = Mutex::new(None);
     let mut g = SHARED.lock().unwrap();
-    if g.is_none() {
-        *g = Some(start_controller(selector_value, &[]));
+    match &*g {
+        Some(c) => assert_eq!(
+            c.selector,
+            format!("rbdmirror.dev/test={selector_value}"),
+            "one shared controller per test binary"
+        ),
+        None => *g = Some(start_controller(selector_value, &[])),
     }
     selector_value.to_string()
 }
