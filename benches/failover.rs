@@ -16,25 +16,12 @@ use common::{Site, client, lab, mirrored_image, unique, wait_for};
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
 
-const WRAPPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/rbd-timing");
-
 struct Calls(PathBuf);
 
 impl Calls {
     /// (start ns, end ns, args) of each rbd call the controller made.
     fn all(&self) -> Vec<(u128, u128, String)> {
-        std::fs::read_to_string(&self.0)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.splitn(3, ' ');
-                Some((
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                    it.next()?.to_string(),
-                ))
-            })
-            .collect()
+        rbd_calls(&self.0)
     }
 }
 
@@ -499,7 +486,7 @@ async fn main() {
     let proc = start_controller(
         &selector,
         &[
-            ("RBD_BINARY", WRAPPER),
+            ("RBD_BINARY", RBD_TIMING),
             ("RBD_CALL_LOG", calls.to_str().unwrap()),
             ("RBDSTEP_HEALTH_ADDR", &format!("127.0.0.1:{port}")),
             ("RUST_LOG", "warn"),

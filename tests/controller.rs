@@ -189,6 +189,8 @@ async fn cancel_stops_a_waiting_promote_at_once() {
         )
         .await
         .unwrap();
+    // An absence has no event to wait for: give the controller a window
+    // (four times its 0.5 s polling) in which it would have rewritten it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = customruns(&client, &ns).get("promote").await.unwrap();
     assert_eq!(condition(&after).unwrap(), before);

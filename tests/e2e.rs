@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::pipelines::*;
 use common::runs::*;
 use common::{client, lab, mirrored_image, unique, wait_for};
@@ -220,5 +218,4 @@ async fn retried_step_shows_its_attempts_and_the_pipeline_succeeds() {
             .all(|a| a["conditions"][0]["reason"] == "CustomRunTimedOut")
     );
     assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
-    let _ = Duration::ZERO;
 }

@@ -48,7 +48,7 @@ fn logged_controller(name: &str) -> Logged {
         .dir
         .join("logs")
         .join(format!("rbd-calls-{}.log", unique(name)));
-    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/rbd-logging");
+    let wrapper = RBD_TIMING;
     let selector = unique(name);
     let proc = start_controller(
         &selector,
@@ -67,14 +67,10 @@ fn logged_controller(name: &str) -> Logged {
 impl Logged {
     /// (start time in ns, arguments) of every rbd call naming `needle`.
     fn calls(&self, needle: &str) -> Vec<(u128, String)> {
-        std::fs::read_to_string(&self.calls)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .filter_map(|l| {
-                l.split_once(' ')
-                    .map(|(t, a)| (t.parse().unwrap_or(0), a.to_string()))
-            })
+        rbd_calls(&self.calls)
+            .into_iter()
+            .filter(|(_, _, a)| a.contains(needle))
+            .map(|(start, _, a)| (start, a))
             .collect()
     }
 }
@@ -278,10 +274,7 @@ async fn killed_controller_resumes_a_resync_without_issuing_it_twice() {
     let proc2 = start_controller(
         &ctl.selector,
         &[
-            (
-                "RBD_BINARY",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/rbd-logging"),
-            ),
+            ("RBD_BINARY", RBD_TIMING),
             ("RBD_CALL_LOG", ctl.calls.to_str().unwrap()),
         ],
     );

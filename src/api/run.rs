@@ -208,20 +208,14 @@ impl TektonRun {
 
     pub fn from_dynamic(flavor: Flavor, obj: &DynamicObject) -> Result<TektonRun, RunParseError> {
         let name = obj.metadata.name.clone().unwrap_or_default();
-        let raw: RawSpec =
-            serde_json::from_value(obj.data.get("spec").cloned().unwrap_or(Value::Null))
-                .or_else(|e| {
-                    if obj.data.get("spec").is_none() {
-                        Ok(RawSpec::default())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|source| RunParseError::Spec {
-                    kind: flavor.kind(),
-                    name: name.clone(),
-                    source,
-                })?;
+        let raw: RawSpec = match obj.data.get("spec") {
+            None | Some(Value::Null) => RawSpec::default(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|source| RunParseError::Spec {
+                kind: flavor.kind(),
+                name: name.clone(),
+                source,
+            })?,
+        };
         let status: RunStatus = match obj.data.get("status") {
             None | Some(Value::Null) => RunStatus::default(),
             Some(v) => {

@@ -5,8 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -28,8 +26,6 @@ pub struct RbdCli {
     pub read_timeout: Duration,
     /// Deadline of demote/promote/resync (a forced snapshot promote can take minutes).
     pub write_timeout: Duration,
-    /// Counts every `rbd` started, for the benchmark's calls-per-image figure.
-    pub calls: Arc<AtomicU64>,
 }
 
 impl RbdCli {
@@ -41,7 +37,6 @@ impl RbdCli {
             user,
             read_timeout: Duration::from_secs(20),
             write_timeout: Duration::from_secs(300),
-            calls: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -96,7 +91,6 @@ impl RbdCli {
                 Ok(())
             });
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
         crate::metrics::inc(&crate::metrics::RBD_CALLS);
         let err = |kind, exit, detail: String| RbdError {
             kind,
@@ -159,10 +153,6 @@ impl RbdCli {
             exit: Some(0),
             detail: format!("unexpected JSON: {e}"),
         })
-    }
-
-    pub fn call_count(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
     }
 }
 

@@ -3,7 +3,7 @@
 //! are accepted under each name (Pacific said `master_position`, later
 //! releases `primary_position`), so one parser serves Pacific through Squid.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// `rbd info <spec> --format json`
@@ -93,33 +93,7 @@ pub struct PeerSiteStatus {
     pub last_update: String,
 }
 
-/// A mirror state split into the daemon's liveness and the replay state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct MirrorState {
-    pub daemon_up: bool,
-    pub state: String,
-}
-
-impl MirrorState {
-    pub fn parse(s: &str) -> MirrorState {
-        match s.split_once('+') {
-            Some((up, st)) => MirrorState {
-                daemon_up: up == "up",
-                state: st.to_string(),
-            },
-            None => MirrorState {
-                daemon_up: false,
-                state: s.to_string(),
-            },
-        }
-    }
-}
-
 impl MirrorImageStatus {
-    pub fn mirror_state(&self) -> MirrorState {
-        MirrorState::parse(&self.state)
-    }
-
     pub fn is_split_brain(&self) -> bool {
         // journal: "split-brain detected"; snapshot replayer: "split-brain".
         self.state.ends_with("+error") && self.description.contains("split-brain")
@@ -303,13 +277,7 @@ mod tests {
     #[test]
     fn replay_progress_parses_in_both_modes_and_key_generations() {
         let s: MirrorImageStatus = serde_json::from_str(STATUS_REPLAYING_SNAPSHOT).unwrap();
-        assert_eq!(
-            s.mirror_state(),
-            MirrorState {
-                daemon_up: true,
-                state: "replaying".into()
-            }
-        );
+        assert_eq!(s.state, "up+replaying");
         let r = s.replay().unwrap();
         assert_eq!(r.replay_state.as_deref(), Some("idle"));
         assert_eq!(r.local_snapshot_timestamp, Some(1795781940));
@@ -324,7 +292,7 @@ mod tests {
         // Nautilus's plain-text positions are not JSON: no replay detail, no panic.
         let older: MirrorImageStatus = serde_json::from_str(STATUS_REPLAYING_JOURNAL_OLD).unwrap();
         assert!(older.replay().is_none());
-        assert_eq!(older.mirror_state().state, "replaying");
+        assert_eq!(older.state, "up+replaying");
     }
 
     #[test]

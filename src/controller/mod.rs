@@ -100,8 +100,6 @@ pub struct Context {
     pub config: Config,
     pub locks: Arc<ImageLocks>,
     pub recorder: Recorder,
-    /// Every `rbd` started by this controller (the benchmark reads it).
-    pub rbd_calls: Arc<AtomicU64>,
     tasks: Mutex<HashMap<RunKey, TaskHandle>>,
     next_id: AtomicU64,
 }
@@ -113,7 +111,6 @@ impl Context {
             client,
             config,
             locks: Arc::new(ImageLocks::default()),
-            rbd_calls: Arc::new(AtomicU64::new(0)),
             tasks: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         })
@@ -126,12 +123,12 @@ impl Context {
             .contains_key(&(flavor, ns.into(), name.into()))
     }
 
-    /// Starts the run's task unless one is running.
-    fn ensure_task(self: &Arc<Self>, flavor: Flavor, ns: &str, name: &str) {
+    /// Starts the run's task unless one is running; true when it started one.
+    fn ensure_task(self: &Arc<Self>, flavor: Flavor, ns: &str, name: &str) -> bool {
         let key = (flavor, ns.to_string(), name.to_string());
         let mut tasks = self.tasks.lock().expect("tasks");
         if tasks.contains_key(&key) {
-            return;
+            return false;
         }
         let handle = TaskHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -148,6 +145,7 @@ impl Context {
         };
         tasks.insert(key, handle);
         tokio::spawn(task::run(self.clone(), spec));
+        true
     }
 
     /// Tells a running task to stop; false when there is none.

@@ -148,10 +148,9 @@ pub async fn reconcile(
             Ok(Requeue::requeue(Duration::from_secs(5)))
         }
         Decision::Running { deadline } => {
-            if !ctx.has_task(flavor, &ns, &name) {
+            if ctx.ensure_task(flavor, &ns, &name) {
                 info!("resuming a running step");
             }
-            ctx.ensure_task(flavor, &ns, &name);
             Ok(requeue_at(deadline))
         }
     }

@@ -18,9 +18,9 @@ use super::secrets::read_connection;
 use super::status::{StatusWriter, unless_done};
 use crate::api::{Action, Flavor, RunStatus, TektonRun};
 use crate::ceph::connection::{Connection, materialize};
-use crate::ceph::{Ceph, ImageSpec, RbdCli};
+use crate::ceph::{Ceph, ImageSpec};
 use crate::contract;
-use crate::step::execute::ceph_failure;
+use crate::step::execute::mirror_images;
 use crate::step::outcome::{results, summary};
 use crate::step::{
     Checkpoint, Execution, Failure, Progress, Reason, ResolvedStep, Selection, Sites, StepEnd,
@@ -351,16 +351,13 @@ async fn attempt(
         Some(p) => Some(connect(ctx, run, p).await?),
         None => None,
     };
-    let mut local_cli: RbdCli = local.rbd();
-    local_cli.calls = ctx.rbd_calls.clone();
     let peer_cli = peer.as_ref().map(|c| {
         let mut cli = c.rbd();
         cli.read_timeout = ctx.config.peer_timeout;
-        cli.calls = ctx.rbd_calls.clone();
         cli
     });
     let sites = Sites {
-        local: local_cli,
+        local: local.rbd(),
         local_name: step.cluster.clone(),
         peer: peer_cli,
         peer_name: step.peer_cluster.clone(),
@@ -374,18 +371,10 @@ async fn attempt(
             match known {
                 Some(l) => l,
                 None => {
-                    let names = tokio::select! {
+                    let list = tokio::select! {
                         _ = token.cancelled() => return Err(Failure::new(Reason::CephError, "stopped")),
-                        r = sites.local.mirror_images(&step.pool, step.rados_namespace.as_deref()) => r,
-                    }
-                    .map_err(|e| ceph_failure(&e, &step.cluster))?;
-                    let list: Vec<String> = names
-                        .iter()
-                        .filter_map(|n| {
-                            ImageSpec::parse(n, &step.pool, step.rados_namespace.as_deref()).ok()
-                        })
-                        .map(|s| s.to_string())
-                        .collect();
+                        r = mirror_images(step, &sites.local, &step.cluster) => r?,
+                    };
                     progress.lock().expect("progress").images = Some(list.clone());
                     list
                 }

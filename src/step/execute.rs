@@ -3,7 +3,6 @@
 //! (no new `rbd` command starts; a mutating one already running finishes),
 //! and checkpointing progress so a restarted controller resumes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,8 +121,8 @@ pub async fn execute<C: Ceph, K: Checkpoint>(
             .cloned()
             .collect()
     };
-    let first_failure: Mutex<Option<Failure>> = Mutex::new(None);
-    let stopped = AtomicBool::new(false);
+    let mut first_failure: Option<Failure> = None;
+    let mut stopped = false;
     let ctx_ref = &ctx;
     let mut runs = futures::stream::iter(pending)
         .map(|img| async move {
@@ -158,20 +157,16 @@ pub async fn execute<C: Ceph, K: Checkpoint>(
                 let _ = ctx.checkpoint.save(&snapshot, false).await;
             }
             ImageEnd::Failed(f) => {
-                let mut first = first_failure.lock().expect("failure");
-                if first.is_none() {
-                    *first = Some(f);
-                }
+                first_failure.get_or_insert(f);
                 ctx.stop.cancel();
             }
-            ImageEnd::Stopped => stopped.store(true, Ordering::Relaxed),
+            ImageEnd::Stopped => stopped = true,
         }
     }
     drop(runs);
-    let failure = first_failure.into_inner().expect("failure");
-    let end = match failure {
+    let end = match first_failure {
         Some(f) => StepEnd::Failed(f),
-        None if cancel.is_cancelled() || stopped.load(Ordering::Relaxed) => StepEnd::Stopped,
+        None if cancel.is_cancelled() || stopped => StepEnd::Stopped,
         None => StepEnd::Succeeded,
     };
     ctx.finish(end, images, started)
@@ -199,17 +194,14 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                 if let Some(list) = self.progress.lock().expect("progress").images.clone() {
                     return Ok(list);
                 }
-                let pool = &self.step.pool;
-                let ns = self.step.rados_namespace.as_deref();
-                let names = self
-                    .read(self.sites.local.mirror_images(pool, ns))
+                let list = self
+                    .read(mirror_images(
+                        self.step,
+                        &self.sites.local,
+                        &self.sites.local_name,
+                    ))
                     .await?
-                    .map_err(|e| self.ceph_failure(e, &self.sites.local_name))?;
-                let list: Vec<String> = names
-                    .iter()
-                    .filter_map(|n| ImageSpec::parse(n, pool, ns).ok())
-                    .map(|s| s.to_string())
-                    .collect();
+                    .map_err(ImageEnd::Failed)?;
                 let snapshot = {
                     let mut p = self.progress.lock().expect("progress");
                     p.images = Some(list.clone());
@@ -402,20 +394,19 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             }
             Err(e) => return Err(self.ceph_failure(e, site)),
         }
-        self.wait_role(img, false).await?;
-        self.observe(img, "demoted").await
+        self.confirm(img, false, "demoted").await
     }
 
-    /// Waits until `rbd info` reports the role (it changes at once after the
-    /// command; this is a bounded confirmation, not a guess).
-    async fn wait_role(&self, img: &ImageSpec, primary: bool) -> Step<()> {
+    /// The outcome once `rbd info` reports the role the command gave (it
+    /// changes at once after the command: a bounded confirmation, not a guess).
+    async fn confirm(&self, img: &ImageSpec, primary: bool, outcome: &str) -> Step<ImageOutcome> {
+        let role = if primary { "primary" } else { "non-primary" };
         let mut attempt = 0;
         loop {
-            let info = self.local_info(img).await?;
-            if info.is_primary() == Some(primary) {
-                return Ok(());
+            let o = self.observe(img, outcome).await?;
+            if o.state.role == role {
+                return Ok(o);
             }
-            let role = if primary { "primary" } else { "non-primary" };
             self.set_waiting(format!(
                 "waiting for {img} to report {role} on {}",
                 self.sites.local_name
@@ -500,16 +491,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             }
             if arrived {
                 match self.mutate(self.sites.local.promote(img, false)).await? {
-                    Ok(()) => {
-                        // Exit 0 means promoted; observe confirms the role,
-                        // and only a disagreeing `rbd info` is waited out.
-                        let o = self.observe(img, "promoted").await?;
-                        if o.state.role == "primary" {
-                            return Ok(o);
-                        }
-                        self.wait_role(img, true).await?;
-                        return self.observe(img, "promoted").await;
-                    }
+                    Ok(()) => return self.confirm(img, true, "promoted").await,
                     Err(e) if e.kind == RbdErrorKind::AlreadyPrimary => {
                         return self.observe(img, "already-primary").await;
                     }
@@ -560,8 +542,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             Err(e) if e.kind == RbdErrorKind::AlreadyPrimary => {}
             Err(e) => return Err(self.ceph_failure(e, &site)),
         }
-        self.wait_role(img, true).await?;
-        let mut o = self.observe(img, "force-promoted").await?;
+        let mut o = self.confirm(img, true, "force-promoted").await?;
         if o.state.last_sync.is_none() && window != "unknown" {
             o.state.last_sync = Some(window);
         }
@@ -649,6 +630,24 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             self.pause(&mut attempt).await?;
         }
     }
+}
+
+/// Every mirror-enabled image of the step's pool (or namespace), as `pool/image`.
+pub async fn mirror_images<C: Ceph>(
+    step: &ResolvedStep,
+    local: &C,
+    site: &str,
+) -> Result<Vec<String>, Failure> {
+    let (pool, ns) = (&step.pool, step.rados_namespace.as_deref());
+    let names = local
+        .mirror_images(pool, ns)
+        .await
+        .map_err(|e| ceph_failure(&e, site))?;
+    Ok(names
+        .iter()
+        .filter_map(|n| ImageSpec::parse(n, pool, ns).ok())
+        .map(|s| s.to_string())
+        .collect())
 }
 
 fn split_brain(img: &ImageSpec, site: &str, description: &str) -> ImageEnd {

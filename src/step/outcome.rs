@@ -137,7 +137,6 @@ pub fn results(images: &[String], progress: &Progress, elapsed: Duration) -> Vec
         .iter()
         .map(|(k, v)| (k.as_str(), &v.state))
         .collect();
-    let json = |v: &dyn erased::Json| v.to_json();
     let mut r = vec![
         RunResult {
             name: "images".into(),
@@ -165,15 +164,8 @@ pub fn results(images: &[String], progress: &Progress, elapsed: Duration) -> Vec
     r
 }
 
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
-        }
-    }
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
 /// One line for the condition message: what happened to how many images.

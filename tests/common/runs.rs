@@ -296,3 +296,23 @@ pub fn assert_condition(obj: &DynamicObject, status: &str, reason: &str) {
 }
 
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An `rbd` that logs each call (tests/lab/rbd-timing), for tests and the
+/// benchmark that count and order the controller's commands.
+pub const RBD_TIMING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/rbd-timing");
+
+/// (start ns, end ns, arguments) of every call in an rbd-timing log.
+pub fn rbd_calls(log: &std::path::Path) -> Vec<(u128, u128, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
