@@ -5,6 +5,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/plot.rs"]
+mod plot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,21 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Wall time covered by at least one of the intervals: time inside `rbd`
+/// counted once when calls overlap.
+fn covered(mut spans: Vec<(u128, u128)>) -> u128 {
+    spans.sort();
+    let (mut total, mut reach) = (0, 0);
+    for (s, e) in spans {
+        let s = s.max(reach);
+        if e > s {
+            total += e - s;
+            reach = e;
+        }
+    }
+    total
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -61,26 +78,59 @@ fn metric(port: u16, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The instant a watch shows the object finished (not a poll: the
-/// benchmark's resolution must be finer than a polling interval).
-async fn watch_done(api: &Api<DynamicObject>, name: &str, secs: u64) -> (Instant, DynamicObject) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let wc = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api.clone(), wc).applied_objects().boxed();
-    let found = tokio::time::timeout(Duration::from_secs(secs), async {
-        while let Some(Ok(o)) = events.next().await {
-            if condition(&o).is_some_and(|(s, _, _)| s != "Unknown") {
-                return Some((Instant::now(), o));
+/// A watch on one run, opened (its initial list done) before the action it
+/// times: the instant it shows the run finished is not a poll's, and the
+/// action's request does not wait behind the watch's connection set-up.
+struct DoneWatch {
+    events: futures::stream::BoxStream<
+        'static,
+        Result<kube::runtime::watcher::Event<DynamicObject>, kube::runtime::watcher::Error>,
+    >,
+    name: String,
+}
+
+impl DoneWatch {
+    async fn open(api: &Api<DynamicObject>, name: &str) -> DoneWatch {
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        let wc = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher::watcher(api.clone(), wc).boxed();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(e) = events.next().await {
+                if let Ok(Event::InitDone) = e {
+                    return true;
+                }
             }
+            false
+        })
+        .await;
+        assert!(ready == Ok(true), "the watch on {name} did not start");
+        DoneWatch {
+            events,
+            name: name.to_string(),
         }
-        None
-    })
-    .await;
-    found
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("{name} did not finish within {secs}s"))
+    }
+
+    async fn finished(mut self, secs: u64) -> (Instant, DynamicObject) {
+        use futures::StreamExt;
+        use kube::runtime::watcher::Event;
+        let found = tokio::time::timeout(Duration::from_secs(secs), async {
+            while let Some(e) = self.events.next().await {
+                if let Ok(Event::Apply(o) | Event::InitApply(o)) = e
+                    && condition(&o).is_some_and(|(s, _, _)| s != "Unknown")
+                {
+                    return Some((Instant::now(), o));
+                }
+            }
+            None
+        })
+        .await;
+        let name = &self.name;
+        found
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{name} did not finish within {secs}s"))
+    }
 }
 
 async fn wait_cond(api: &Api<DynamicObject>, name: &str, secs: u64) -> (Instant, DynamicObject) {
@@ -187,9 +237,10 @@ impl Bench {
 
     /// Creates the run and times it to the moment a watch sees it finished.
     async fn step(&self, name: &str, b: RunBuilder) -> (Duration, DynamicObject) {
+        let watch = DoneWatch::open(&self.runs(), name).await;
         let t0 = Instant::now();
         b.create(&self.client, &self.ns, name).await;
-        let (t1, o) = watch_done(&self.runs(), name, 600).await;
+        let (t1, o) = watch.finished(600).await;
         (t1 - t0, o)
     }
 
@@ -214,13 +265,14 @@ impl Bench {
                 .await;
             let end = now_ns();
             assert_condition(&o, "True", "Succeeded");
-            let in_rbd: u128 = self
+            let spans: Vec<(u128, u128)> = self
                 .calls
                 .all()
                 .iter()
                 .filter(|(s, _, _)| *s >= start && *s <= end)
-                .map(|(s, e, _)| e - s)
-                .sum();
+                .map(|(s, e, _)| (*s, *e))
+                .collect();
+            let in_rbd = covered(spans);
             totals.push(d.as_secs_f64() * 1e3);
             overheads.push(d.as_secs_f64() * 1e3 - in_rbd as f64 / 1e6);
             writes.push((metric(self.port, "rbdstep_status_writes_total") - w0) as f64);
@@ -250,10 +302,11 @@ impl Bench {
                 .create(&self.client, &self.ns, &name)
                 .await;
             wait_message(&self.client, &self.ns, &name, "still primary", 60).await;
+            let watch = DoneWatch::open(&self.runs(), &name).await;
             let t0 = Instant::now();
             let patched = now_ns();
             cancel(&self.client, &self.ns, &name).await;
-            let (t1, o) = watch_done(&self.runs(), &name, 30).await;
+            let (t1, o) = watch.finished(30).await;
             assert_condition(&o, "False", "CustomRunCancelled");
             lat.push((t1 - t0).as_secs_f64() * 1e3);
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -285,6 +338,7 @@ impl Bench {
             "controller-c1",
             "controller-c4",
             "controller-c16",
+            "controller-cmax",
         ] {
             prepare(dir.0, dir.1, &pool, &imgs).await;
             let calls_before = self.calls.all().len();
@@ -293,7 +347,12 @@ impl Bench {
                 "limit" => limit(dir.1, &pool, &imgs),
                 "seed" => seed(dir.1, &pool, &imgs),
                 v => {
-                    let c = v.trim_start_matches("controller-c");
+                    // cmax: as many at once as the limit has (up to the
+                    // controller's maximum, 64): its own cost at equal width.
+                    let c = match v.trim_start_matches("controller-c") {
+                        "max" => n.min(64).to_string(),
+                        c => c.to_string(),
+                    };
                     let name = format!("bulk{n}-{v}-{}", unique("r"));
                     let (d, o) = self
                         .step(
@@ -304,7 +363,7 @@ impl Bench {
                                 .param("peerCluster", dir.2)
                                 .param("pool", pool.as_str())
                                 .param("images", json!(imgs))
-                                .param("concurrency", c),
+                                .param("concurrency", c.as_str()),
                         )
                         .await;
                     assert_condition(&o, "True", "Succeeded");
@@ -324,8 +383,13 @@ impl Bench {
         let lim = res["limit"]["seconds"].as_f64().unwrap();
         let c16 = res["controller-c16"]["seconds"].as_f64().unwrap();
         let sd = res["seed"]["seconds"].as_f64().unwrap();
-        let summary =
-            json!({"controller_c16_over_limit": c16 / lim, "seed_over_controller_c16": sd / c16});
+        let cmax = res["controller-cmax"]["seconds"].as_f64().unwrap();
+        let summary = json!({
+            "controller_c16_over_limit": c16 / lim,
+            "controller_cmax_over_limit": cmax / lim,
+            "cmax": n.min(64),
+            "seed_over_controller_c16": sd / c16,
+        });
         println!("bulk promote N={n}: {summary}");
         res.insert("ratios".into(), summary);
         self.out.insert(format!("bulk_promote_n{n}"), json!(res));
@@ -437,6 +501,31 @@ impl Bench {
 }
 
 /// Snapshot-mirrored images on site-a, created together, replaying on site-b.
+/// Seconds against N for each bulk variant, in the key's order (BENCHMARKS.md).
+fn bulk_series(out: &BTreeMap<String, Value>, sizes: &[usize]) -> Vec<plot::Series> {
+    let variants: [(&str, plot::Rgb); 6] = [
+        ("seed", [214, 39, 40]),
+        ("controller-c1", [255, 127, 14]),
+        ("controller-c4", [31, 119, 180]),
+        ("controller-c16", [44, 160, 44]),
+        ("controller-cmax", [148, 103, 189]),
+        ("limit", [0, 0, 0]),
+    ];
+    variants
+        .iter()
+        .map(|&(v, color)| plot::Series {
+            color,
+            points: sizes
+                .iter()
+                .filter_map(|n| {
+                    let secs = out.get(&format!("bulk_promote_n{n}"))?[v]["seconds"].as_f64()?;
+                    Some((*n as f64, secs))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 async fn many_images(imgs: &[String]) {
     let lab = lab();
     for i in imgs {
@@ -483,16 +572,30 @@ async fn main() {
         .join("logs")
         .join(format!("rbd-timing-{selector}.log"));
     let port = 18091;
-    let proc = start_controller(
+    // Quiet by default: logging is not what is measured. BENCH_RUST_LOG=debug
+    // gives the controller's timeline of each step in its log.
+    let log_level = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
+    // BENCH_CALLGRIND=<file>: the controller runs under callgrind (tens of
+    // times slower: only the profile, not the times, means anything then).
+    let callgrind = std::env::var("BENCH_CALLGRIND").ok();
+    let out_file = callgrind
+        .as_ref()
+        .map(|f| format!("--callgrind-out-file={f}"));
+    let prefix: Vec<&str> = match &out_file {
+        Some(f) => vec!["valgrind", "--tool=callgrind", f.as_str()],
+        None => vec![],
+    };
+    let proc = start_controller_under(
+        &prefix,
         &selector,
         &[
             ("RBD_BINARY", RBD_TIMING),
             ("RBD_CALL_LOG", calls.to_str().unwrap()),
             ("RBDSTEP_HEALTH_ADDR", &format!("127.0.0.1:{port}")),
-            ("RUST_LOG", "warn"),
+            ("RUST_LOG", &log_level),
         ],
     );
-    wait_for(30, "controller metrics", || async {
+    wait_for(120, "controller metrics", || async {
         Command::new("curl")
             .args(["-fsS", &format!("http://127.0.0.1:{port}/readyz")])
             .output()
@@ -522,13 +625,18 @@ async fn main() {
         b.cancel_latency(&img).await;
     }
     let sizes: Vec<usize> = std::env::var("BENCH_N")
-        .unwrap_or_else(|_| "20,50".into())
+        .unwrap_or_else(|_| "20,50,100".into())
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
     if want("bulk") {
-        for n in sizes {
+        for &n in &sizes {
             b.bulk(n).await;
+        }
+        let png = Path::new(&lab.dir).join("bench-bulk.png");
+        match plot::draw(&png, &bulk_series(&b.out, &sizes)) {
+            Ok(()) => println!("bulk promote time against N drawn in {}", png.display()),
+            Err(e) => println!("no plot: {e}"),
         }
     }
     if want("pipeline") {
@@ -542,5 +650,21 @@ async fn main() {
     let path = Path::new(&lab.dir).join("bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&b.out).unwrap()).unwrap();
     println!("\nwritten to {}", path.display());
-    drop(b.proc);
+    if let Some(f) = callgrind {
+        // A graceful exit (stdin closed), or callgrind writes no profile.
+        let mut proc = b.proc;
+        drop(proc.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let exited = loop {
+            if let Some(st) = proc.child.try_wait().expect("controller status") {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the profiled controller did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("controller exited ({exited}); profile in {f}");
+    }
 }

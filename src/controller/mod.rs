@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::api::Flavor;
 use crate::step::Pace;
 use crate::step::locks::ImageLocks;
+use status::StatusWriter;
 use task::StopCause;
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +125,9 @@ impl Context {
     }
 
     /// Starts the run's task unless one is running; true when it started one.
-    fn ensure_task(self: &Arc<Self>, flavor: Flavor, ns: &str, name: &str) -> bool {
+    /// The task writes through `writer`, which may already know the run.
+    fn ensure_task(self: &Arc<Self>, writer: Arc<StatusWriter>) -> bool {
+        let (flavor, ns, name) = writer.key();
         let key = (flavor, ns.to_string(), name.to_string());
         let mut tasks = self.tasks.lock().expect("tasks");
         if tasks.contains_key(&key) {
@@ -142,6 +145,7 @@ impl Context {
             id: handle.id,
             token: handle.token.clone(),
             cause: handle.cause.clone(),
+            writer,
         };
         tasks.insert(key, handle);
         tokio::spawn(task::run(self.clone(), spec));

@@ -40,7 +40,6 @@ pub async fn reconcile(
     let span =
         tracing::info_span!("reconcile", namespace = %ns, name = %name, kind = flavor.kind());
     let _e = span.enter();
-    let writer = StatusWriter::new(ctx.client.clone(), flavor, &ns, &name);
     let run = match TektonRun::from_dynamic(flavor, &obj) {
         Ok(r) => r,
         Err(e) => {
@@ -50,6 +49,8 @@ pub async fn reconcile(
             return Ok(Requeue::await_change());
         }
     };
+    // The informer's copy is the first guess of any write (status.rs).
+    let writer = Arc::new(StatusWriter::seeded(ctx.client.clone(), &run));
     let timeout = match contract::timeout(&run) {
         Ok(t) => t,
         Err(e) => {
@@ -113,7 +114,7 @@ pub async fn reconcile(
                 })
                 .await?;
             info!(action = step.action.as_str(), cluster = %step.cluster, "started");
-            ctx.ensure_task(flavor, &ns, &name);
+            ctx.ensure_task(writer);
             Ok(requeue_at(contract::deadline(&written, timeout)))
         }
         Decision::TimedOut { retry } => {
@@ -143,12 +144,12 @@ pub async fn reconcile(
                 })
                 .await?;
             if retry {
-                ctx.ensure_task(flavor, &ns, &name);
+                ctx.ensure_task(writer);
             }
             Ok(Requeue::requeue(Duration::from_secs(5)))
         }
         Decision::Running { deadline } => {
-            if ctx.ensure_task(flavor, &ns, &name) {
+            if ctx.ensure_task(writer) {
                 info!("resuming a running step");
             }
             Ok(requeue_at(deadline))

@@ -41,15 +41,18 @@ pub async fn read_connection(
         },
         ..Default::default()
     };
-    let review = Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &sar)
-        .await
-        .map_err(|e| {
-            Failure::new(
-                Reason::CephError,
-                format!("could not check access to Secret {namespace}/{secret}: {e}"),
-            )
-        })?;
+    // Both requests at once: the Secret read is the controller's own right,
+    // and its content is dropped unread unless the review allows it.
+    let sars = Api::<SubjectAccessReview>::all(client.clone());
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let pp = PostParams::default();
+    let (review, found) = tokio::join!(sars.create(&pp, &sar), secrets.get_opt(secret));
+    let review = review.map_err(|e| {
+        Failure::new(
+            Reason::CephError,
+            format!("could not check access to Secret {namespace}/{secret}: {e}"),
+        )
+    })?;
     if !review.status.is_some_and(|s| s.allowed) {
         return Err(Failure::new(
             Reason::Forbidden,
@@ -59,9 +62,7 @@ pub async fn read_connection(
             ),
         ));
     }
-    let s = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(secret)
-        .await
+    let s = found
         .map_err(|e| Failure::new(Reason::CephError, format!("could not read Secret {namespace}/{secret}: {e}")))?
         .ok_or_else(|| {
             Failure::new(

@@ -3,6 +3,12 @@
 //! refuses it (409) if anyone wrote in between, so a deposed leader or a
 //! stale task can never overwrite a newer status. Spec, labels and owner
 //! references are never written.
+//!
+//! Because of that precondition a write may start from the run as this
+//! writer last saw it (the informer's copy, or the object its own last patch
+//! returned) instead of reading it first: when the guess is stale the API
+//! server answers 409 and the write is redone from a fresh read. For a short
+//! step that saves a round trip per write.
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -58,6 +64,15 @@ pub struct StatusWriter {
     flavor: Flavor,
     namespace: String,
     name: String,
+    /// The run as last seen here: the first guess of the next write, taken
+    /// (not copied) so that a guess is only ever tried once.
+    known: std::sync::Mutex<Option<Known>>,
+}
+
+struct Known {
+    run: TektonRun,
+    /// Returned by this writer's own patch, as opposed to handed in.
+    written: bool,
 }
 
 /// What an update function decided.
@@ -75,9 +90,40 @@ impl StatusWriter {
             flavor,
             namespace: namespace.to_string(),
             name: name.to_string(),
+            known: std::sync::Mutex::new(None),
         }
     }
 
+    /// A writer whose first write starts from `run` (see the module doc).
+    pub fn seeded(client: kube::Client, run: &TektonRun) -> StatusWriter {
+        let w = StatusWriter::new(client, run.flavor, run.namespace(), run.name());
+        w.remember(run.clone(), false);
+        w
+    }
+
+    pub fn key(&self) -> (Flavor, &str, &str) {
+        (self.flavor, &self.namespace, &self.name)
+    }
+
+    fn remember(&self, run: TektonRun, written: bool) {
+        *self.known.lock().expect("known") = Some(Known { run, written });
+    }
+
+    /// The run as this writer last wrote it, or else as the API server has it
+    /// now. Only what this writer wrote itself is fresh enough to act on
+    /// without a read: a seed from elsewhere is only good as a write's guess.
+    pub async fn current(&self) -> Result<TektonRun, StatusError> {
+        let written = match &*self.known.lock().expect("known") {
+            Some(k) if k.written => Some(k.run.clone()),
+            _ => None,
+        };
+        match written {
+            Some(run) => Ok(run),
+            None => self.get().await,
+        }
+    }
+
+    /// Reads the run from the API server.
     pub async fn get(&self) -> Result<TektonRun, StatusError> {
         match self.api.get_opt(&self.name).await {
             Ok(Some(obj)) => Ok(TektonRun::from_dynamic(self.flavor, &obj)?),
@@ -104,14 +150,25 @@ impl StatusWriter {
     ) -> Result<TektonRun, StatusError> {
         let mut conflicts = 0;
         loop {
-            let mut run = self.get().await?;
+            let guess = self.known.lock().expect("known").take();
+            let guessed = guess.is_some();
+            let mut run = match guess {
+                Some(k) => k.run,
+                None => self.get().await?,
+            };
+            // Only a write is checked by the API server: a decision not to
+            // write is only taken on a fresh read.
             let new = match f(&run) {
+                Update::Skip if guessed => continue,
                 Update::Skip => return Ok(run),
                 Update::Write(s) => s,
             };
             let mut new = new;
             new.observed_generation = run.metadata.generation;
             if new == run.status {
+                if guessed {
+                    continue;
+                }
                 return Ok(run);
             }
             let rv = run.metadata.resource_version.clone().unwrap_or_default();
@@ -128,6 +185,7 @@ impl StatusWriter {
                     }
                     run.metadata = obj.metadata;
                     run.status = new;
+                    self.remember(run.clone(), true);
                     return Ok(run);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 && conflicts < 10 => {

@@ -84,6 +84,7 @@ pub struct TaskSpec {
     pub id: u64,
     pub token: CancellationToken,
     pub cause: Arc<Mutex<Option<StopCause>>>,
+    pub writer: Arc<StatusWriter>,
 }
 
 pub async fn run(ctx: Arc<Context>, t: TaskSpec) {
@@ -99,14 +100,11 @@ pub async fn run(ctx: Arc<Context>, t: TaskSpec) {
 }
 
 async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status::StatusError> {
-    let writer = Arc::new(StatusWriter::new(
-        ctx.client.clone(),
-        t.flavor,
-        &t.namespace,
-        &t.name,
-    ));
+    let writer = t.writer.clone();
     loop {
-        let run = writer.get().await?;
+        // Right after this controller's own write (the start, a retry) that
+        // write is the run; otherwise it is read.
+        let run = writer.current().await?;
         if contract::is_done(&run.status) {
             return Ok(());
         }
@@ -346,11 +344,13 @@ async fn attempt(
     token: CancellationToken,
     writer: Arc<StatusWriter>,
 ) -> Result<Execution, Failure> {
-    let local = connect(ctx, run, &step.cluster).await?;
-    let peer = match &step.peer_cluster {
-        Some(p) => Some(connect(ctx, run, p).await?),
-        None => None,
-    };
+    let (local, peer) = tokio::join!(connect(ctx, run, &step.cluster), async {
+        match &step.peer_cluster {
+            Some(p) => connect(ctx, run, p).await.map(Some),
+            None => Ok(None),
+        }
+    });
+    let (local, peer) = (local?, peer?);
     let peer_cli = peer.as_ref().map(|c| {
         let mut cli = c.rbd();
         cli.read_timeout = ctx.config.peer_timeout;

@@ -307,8 +307,8 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
     }
 
     async fn observe(&self, img: &ImageSpec, outcome: &str) -> Step<ImageOutcome> {
-        let info = self.local_info(img).await?;
-        let status = self.local_status(img).await?;
+        let (info, status) = tokio::join!(self.local_info(img), self.local_status(img));
+        let (info, status) = (info?, status?);
         Ok(ImageOutcome {
             outcome: outcome.into(),
             state: image_state(&info, status.as_ref()),
@@ -318,8 +318,10 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
     async fn status(&self, img: &ImageSpec) -> Step<ImageOutcome> {
         let mut attempt = 0;
         loop {
-            let info = self.local_info(img).await?;
-            let status = self.local_status(img).await?;
+            // Two reads at once: each rbd process spends most of its time
+            // starting up and connecting, not waiting on the other.
+            let (info, status) = tokio::join!(self.local_info(img), self.local_status(img));
+            let (info, status) = (info?, status?);
             if let Some(s) = &status
                 && s.is_split_brain()
             {
@@ -358,15 +360,19 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
 
     async fn demote(&self, img: &ImageSpec) -> Step<ImageOutcome> {
         let site = &self.sites.local_name;
-        let info = self.local_info(img).await?;
+        // Role and lock holders read at once (see promote).
+        let (info, lockers) = tokio::join!(self.local_info(img), async {
+            match self.step.force {
+                true => None,
+                false => Some(self.read(self.sites.local.lockers(img)).await),
+            }
+        });
+        let info = info?;
         if info.is_primary() == Some(false) {
             return self.observe(img, "already-non-primary").await;
         }
-        if !self.step.force {
-            let lockers = self
-                .read(self.sites.local.lockers(img))
-                .await?
-                .map_err(|e| self.ceph_failure(e, site))?;
+        if let Some(lockers) = lockers {
+            let lockers = lockers?.map_err(|e| self.ceph_failure(e, site))?;
             if !lockers.is_empty() {
                 let who: Vec<&str> = lockers.iter().map(|l| l.locker.as_str()).collect();
                 return Err(ImageEnd::Failed(Failure::new(
@@ -424,14 +430,22 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             .unwrap_or_else(|| "the peer site".into());
         let mut attempt = 0;
         loop {
-            let info = self.local_info(img).await?;
+            // The three reads at once (they do not depend on each other):
+            // a wave of promotes is bound by rbd start-ups on a busy host.
+            // The snapshot list is only used in snapshot mode, the default.
+            let (info, peer_primary, snaps) = tokio::join!(
+                self.local_info(img),
+                self.peer_primary(img),
+                self.read(self.sites.local.snapshots(img))
+            );
+            let info = info?;
             if info.is_primary() == Some(true) {
-                if self.peer_primary(img).await? == Some(true) {
+                if peer_primary? == Some(true) {
                     return Err(both_primary(img, &site, &peer_name));
                 }
                 return self.observe(img, "already-primary").await;
             }
-            let peer_primary = self.peer_primary(img).await?;
+            let peer_primary = peer_primary?;
             let arrived = match info.mode() {
                 Some(MirrorMode::Journal) => {
                     let Some(peer) = &self.sites.peer else {
@@ -461,10 +475,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                     }
                 }
                 _ => {
-                    let snaps = self
-                        .read(self.sites.local.snapshots(img))
-                        .await?
-                        .map_err(|e| self.ceph_failure(e, &site))?;
+                    let snaps = snaps?.map_err(|e| self.ceph_failure(e, &site))?;
                     peer_primary != Some(true) && snapshot_demotion_arrived(&snaps)
                 }
             };

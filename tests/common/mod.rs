@@ -84,11 +84,21 @@ pub async fn client() -> Client {
 
 impl Site {
     /// Runs `rbd` as the site's admin (test set-up only; the controller uses
-    /// the least-privilege client).
+    /// the least-privilege client). Bounded, because a site a test froze or
+    /// is still thawing would otherwise hang the call and with it the test's
+    /// own deadline.
     pub fn rbd_admin(&self, args: &[&str]) -> std::process::Output {
         Command::new("rbd")
             .arg("-c")
             .arg(&self.admin_conf)
+            .args([
+                "--client_mount_timeout",
+                "15",
+                "--rados_mon_op_timeout",
+                "15",
+                "--rados_osd_op_timeout",
+                "15",
+            ])
             .args(args)
             .output()
             .expect("rbd runs")

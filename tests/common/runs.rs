@@ -31,6 +31,16 @@ impl Drop for ControllerProcess {
 }
 
 pub fn start_controller(selector_value: &str, extra_env: &[(&str, &str)]) -> ControllerProcess {
+    start_controller_under(&[], selector_value, extra_env)
+}
+
+/// Like `start_controller`, the binary run by `prefix` (e.g. valgrind) when
+/// it is not empty.
+pub fn start_controller_under(
+    prefix: &[&str],
+    selector_value: &str,
+    extra_env: &[(&str, &str)],
+) -> ControllerProcess {
     let lab = lab();
     let log = lab.dir.join("logs").join(format!(
         "controller-{selector_value}-{}.log",
@@ -44,7 +54,15 @@ pub fn start_controller(selector_value: &str, extra_env: &[(&str, &str)]) -> Con
     let selector = format!("rbdmirror.dev/test={selector_value}");
     let tmp = lab.dir.join("controller-tmp").join(selector_value);
     std::fs::create_dir_all(&tmp).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbd-mirror-step"));
+    let bin = env!("CARGO_BIN_EXE_rbd-mirror-step");
+    let mut cmd = match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(["run", "--exit-on-stdin-eof", "--label-selector", &selector])
         .arg("--tmp-dir")
         .arg(&tmp)
