@@ -444,7 +444,9 @@ impl Bench {
             "metadata": {"name": name, "labels": {"rbdmirror.dev/test": self.selector}},
             "spec": {"pipelineRef": {"name": "planned-failover"}, "params": [
                 {"name": "pool", "value": pool}, {"name": "images", "value": imgs},
-                {"name": "from-cluster", "value": "site-a"}, {"name": "to-cluster", "value": "site-b"}]}
+                {"name": "from-cluster", "value": "site-a"}, {"name": "to-cluster", "value": "site-b"},
+                // Every image at once, as the by-hand sequence does.
+                {"name": "concurrency", "value": n.to_string()}]}
         }))
         .unwrap();
         let t0 = Instant::now();

@@ -62,6 +62,15 @@ struct RunArgs {
         global = true
     )]
     peer_timeout_secs: u64,
+    /// `rbd` processes alive at once across all runs (each needs ~7 MiB):
+    /// size the container's memory limit with it.
+    #[arg(
+        long,
+        env = "RBDSTEP_MAX_RBD_PROCESSES",
+        default_value_t = rbd_mirror_step::ceph::cli::DEFAULT_MAX_PROCESSES,
+        global = true
+    )]
+    max_rbd_processes: usize,
     /// Runs reconciled at once.
     #[arg(long, env = "RBDSTEP_CONCURRENCY", default_value_t = 16, global = true)]
     concurrency: u16,
@@ -140,6 +149,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.run.log_format);
+    rbd_mirror_step::ceph::cli::limit_processes(cli.run.max_rbd_processes);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Some(Command::Step(args)) => rt.block_on(step(args)),

@@ -14,6 +14,24 @@ use super::error::{Op, RbdError, RbdErrorKind, classify, reason_line};
 use super::image::ImageSpec;
 use super::model::{ImageInfo, JournalStatus, Locker, MirrorImageStatus, PoolStatus, SnapEntry};
 
+/// `rbd` processes alive at once in this whole process, whatever the number
+/// of runs and their `concurrency`: each costs ~7 MiB of its own memory (plus
+/// shared library pages), and the controller's container has one memory
+/// limit for itself and all its children.
+static PROCESS_SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+
+pub const DEFAULT_MAX_PROCESSES: usize = 32;
+
+/// Sets the process-wide bound on concurrent `rbd` processes; only the first
+/// call (before any `rbd` runs) has an effect.
+pub fn limit_processes(n: usize) {
+    let _ = PROCESS_SLOTS.set(tokio::sync::Semaphore::new(n.max(1)));
+}
+
+fn process_slots() -> &'static tokio::sync::Semaphore {
+    PROCESS_SLOTS.get_or_init(|| tokio::sync::Semaphore::new(DEFAULT_MAX_PROCESSES))
+}
+
 /// How a call reaches one Ceph cluster.
 #[derive(Clone, Debug)]
 pub struct RbdCli {
@@ -91,6 +109,11 @@ impl RbdCli {
                 Ok(())
             });
         }
+        // Held until the child has exited (or is killed by being dropped).
+        let _slot = process_slots()
+            .acquire()
+            .await
+            .expect("the rbd process semaphore is never closed");
         crate::metrics::inc(&crate::metrics::RBD_CALLS);
         let err = |kind, exit, detail: String| RbdError {
             kind,
@@ -297,5 +320,61 @@ impl Ceph for RbdCli {
         self.run(Op::Resync, &s, &["mirror", "image", "resync", &s])
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in `rbd` that records when each call starts and ends: the
+    /// bound is on real child processes, so it is checked on real ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_rbd_processes_than_the_limit_run_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let script = dir.path().join("rbd");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/bash\necho \"+ ${{EPOCHREALTIME}}\" >>{log}\nsleep 0.2\necho \"- ${{EPOCHREALTIME}}\" >>{log}\necho '{{}}'\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The first setting wins for the whole test process: no other unit
+        // test starts an rbd process.
+        limit_processes(2);
+        let mut cli = RbdCli::new("c".into(), "k".into(), None);
+        cli.binary = script;
+        let img = ImageSpec::parse("img", "pool", None).unwrap();
+        let calls = (0..6).map(|_| cli.info(&img));
+        futures::future::join_all(calls).await;
+
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut events: Vec<(f64, i32)> = text
+            .lines()
+            .map(|l| {
+                let (sign, t) = l.split_once(' ').unwrap();
+                (
+                    t.replace(',', ".").parse().unwrap(),
+                    if sign == "+" { 1 } else { -1 },
+                )
+            })
+            .collect();
+        // Ends before starts at the same instant: a slot handed over is not overlap.
+        events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (mut alive, mut most) = (0, 0);
+        for (_, d) in &events {
+            alive += d;
+            most = most.max(alive);
+        }
+        assert_eq!(events.len(), 12, "every call ran: {text}");
+        assert_eq!(
+            most, 2,
+            "at most (and, with 6 calls, exactly) 2 at once: {text}"
+        );
     }
 }
