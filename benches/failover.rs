@@ -332,6 +332,8 @@ impl Bench {
         let mut dir = (&lab.a, &lab.b, "site-a", "site-b");
         let flip =
             |d: (&'static Site, &'static Site, &'static str, &'static str)| (d.1, d.0, d.3, d.2);
+        // BENCH_VARIANTS=limit,controller-c16 (say) for a quick experiment.
+        let chosen = std::env::var("BENCH_VARIANTS").unwrap_or_default();
         for variant in [
             "limit",
             "seed",
@@ -339,7 +341,10 @@ impl Bench {
             "controller-c4",
             "controller-c16",
             "controller-cmax",
-        ] {
+        ]
+        .into_iter()
+        .filter(|v| chosen.is_empty() || chosen.split(',').any(|c| c == *v))
+        {
             prepare(dir.0, dir.1, &pool, &imgs).await;
             let calls_before = self.calls.all().len();
             let w0 = metric(self.port, "rbdstep_status_writes_total");
@@ -380,10 +385,17 @@ impl Bench {
             res.insert(variant.to_string(), r);
             dir = flip(dir);
         }
-        let lim = res["limit"]["seconds"].as_f64().unwrap();
-        let c16 = res["controller-c16"]["seconds"].as_f64().unwrap();
-        let sd = res["seed"]["seconds"].as_f64().unwrap();
-        let cmax = res["controller-cmax"]["seconds"].as_f64().unwrap();
+        let secs = |v: &str| {
+            res.get(v)
+                .and_then(|r| r["seconds"].as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        let (lim, c16, sd, cmax) = (
+            secs("limit"),
+            secs("controller-c16"),
+            secs("seed"),
+            secs("controller-cmax"),
+        );
         let summary = json!({
             "controller_c16_over_limit": c16 / lim,
             "controller_cmax_over_limit": cmax / lim,
