@@ -21,11 +21,10 @@ fn lab_cmd(args: &[&str]) {
         .args(args)
         .output()
         .expect("lab script");
-    assert!(
-        out.status.success(),
-        "lab {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    // Shown with a failing test's output: e.g. that a thaw restarted rbd-mirror.
+    eprintln!("lab {args:?}: {said}");
+    assert!(out.status.success(), "lab {args:?}: {said}");
 }
 
 /// Thaws site-a even when the test panics half-way.
