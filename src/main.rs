@@ -62,8 +62,9 @@ struct RunArgs {
         global = true
     )]
     peer_timeout_secs: u64,
-    /// `rbd` processes alive at once across all runs (each needs ~7 MiB):
-    /// size the container's memory limit with it.
+    /// Read-only `rbd` processes alive at once across all runs (each needs
+    /// ~7 MiB; a demote/promote/resync never waits for one): size the
+    /// container's memory limit with it.
     #[arg(
         long,
         env = "RBDSTEP_MAX_RBD_PROCESSES",

@@ -14,10 +14,11 @@ use super::error::{Op, RbdError, RbdErrorKind, classify, reason_line};
 use super::image::ImageSpec;
 use super::model::{ImageInfo, JournalStatus, Locker, MirrorImageStatus, PoolStatus, SnapEntry};
 
-/// `rbd` processes alive at once in this whole process, whatever the number
-/// of runs and their `concurrency`: each costs ~7 MiB of its own memory (plus
-/// shared library pages), and the controller's container has one memory
-/// limit for itself and all its children.
+/// Read-only `rbd` processes alive at once in this whole process, whatever
+/// the number of runs and their `concurrency`: each costs ~7 MiB of its own
+/// memory (plus shared library pages), and the controller's container has
+/// one memory limit for itself and all its children. Mutations are not
+/// counted (see `run`); there is at most one per image in flight.
 static PROCESS_SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
 
 pub const DEFAULT_MAX_PROCESSES: usize = 32;
@@ -110,10 +111,18 @@ impl RbdCli {
             });
         }
         // Held until the child has exited (or is killed by being dropped).
-        let _slot = process_slots()
-            .acquire()
-            .await
-            .expect("the rbd process semaphore is never closed");
+        // Only reads wait for a slot: a demote, promote or resync is started
+        // the moment the step decides on it and the cancel check passes, or
+        // not at all; a wait here would let it start after a cancel.
+        let _slot = match op.mutates() {
+            true => None,
+            false => Some(
+                process_slots()
+                    .acquire()
+                    .await
+                    .expect("the rbd process semaphore is never closed"),
+            ),
+        };
         crate::metrics::inc(&crate::metrics::RBD_CALLS);
         let err = |kind, exit, detail: String| RbdError {
             kind,
