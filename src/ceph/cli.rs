@@ -114,14 +114,15 @@ impl RbdCli {
         // Only reads wait for a slot: a demote, promote or resync is started
         // the moment the step decides on it and the cancel check passes, or
         // not at all; a wait here would let it start after a cancel.
-        let _slot = match op.mutates() {
-            true => None,
-            false => Some(
+        let _slot = if op.mutates() {
+            None
+        } else {
+            Some(
                 process_slots()
                     .acquire()
                     .await
                     .expect("the rbd process semaphore is never closed"),
-            ),
+            )
         };
         crate::metrics::inc(&crate::metrics::RBD_CALLS);
         let err = |kind, exit, detail: String| RbdError {

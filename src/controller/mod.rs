@@ -139,9 +139,6 @@ impl Context {
             cause: Arc::new(Mutex::new(None)),
         };
         let spec = task::TaskSpec {
-            flavor,
-            namespace: ns.into(),
-            name: name.into(),
             id: handle.id,
             token: handle.token.clone(),
             cause: handle.cause.clone(),

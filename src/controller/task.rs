@@ -77,10 +77,8 @@ fn image_count(step: &ResolvedStep, progress: &Progress) -> usize {
     }
 }
 
+/// The run a task owns is the one its `writer` writes.
 pub struct TaskSpec {
-    pub flavor: Flavor,
-    pub namespace: String,
-    pub name: String,
     pub id: u64,
     pub token: CancellationToken,
     pub cause: Arc<Mutex<Option<StopCause>>>,
@@ -88,12 +86,14 @@ pub struct TaskSpec {
 }
 
 pub async fn run(ctx: Arc<Context>, t: TaskSpec) {
-    let span = tracing::info_span!("run", namespace = %t.namespace, name = %t.name, kind = t.flavor.kind());
+    let (flavor, namespace, name) = t.writer.key();
+    let span =
+        tracing::info_span!("run", namespace = %namespace, name = %name, kind = flavor.kind());
     async {
         if let Err(e) = attempts(&ctx, &t).await {
             warn!(error = %e, "task ended without writing a final status; reconcile will resume it");
         }
-        ctx.forget(t.flavor, &t.namespace, &t.name, t.id);
+        ctx.forget(flavor, namespace, name, t.id);
     }
     .instrument(span)
     .await
@@ -159,7 +159,7 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status:
             },
         };
         let cause = t.cause.lock().expect("cause").take();
-        let retried = finish(ctx, &writer, t.flavor, &step, exec, cause).await?;
+        let retried = finish(ctx, &writer, &step, exec, cause).await?;
         if !retried {
             return Ok(());
         }
@@ -171,11 +171,11 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status:
 async fn finish(
     ctx: &Arc<Context>,
     writer: &StatusWriter,
-    flavor: Flavor,
     step: &ResolvedStep,
     exec: Execution,
     cause: Option<StopCause>,
 ) -> Result<bool, super::status::StatusError> {
+    let (flavor, _, _) = writer.key();
     let images = if exec.images.is_empty() {
         exec.progress
             .images
