@@ -266,5 +266,9 @@ async fn step(args: StepArgs) -> ExitCode {
             eprintln!("stopped");
             ExitCode::FAILURE
         }
+        StepEnd::Lost(owner) => {
+            eprintln!("stopped: {owner} owns the run");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -23,6 +23,9 @@ static PROCESS_SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::O
 
 pub const DEFAULT_MAX_PROCESSES: usize = 32;
 
+/// The image-meta key of `journal_marker` (set and removed again at once).
+pub const MARKER_KEY: &str = "rbd-mirror-step.demote-marker";
+
 /// Sets the process-wide bound on concurrent `rbd` processes; only the first
 /// call (before any `rbd` runs) has an effect.
 pub fn limit_processes(n: usize) {
@@ -59,7 +62,7 @@ impl RbdCli {
         }
     }
 
-    fn base_args(&self, deadline: Duration) -> Vec<String> {
+    fn base_args(&self, deadline: Duration, mutates: bool) -> Vec<String> {
         let secs = deadline.as_secs().max(1).to_string();
         let mut a = vec![
             "--conf".into(),
@@ -73,17 +76,22 @@ impl RbdCli {
         }
         // A lost monitor must fail the call within its deadline, not after
         // librados' 300 s default: this is how a dead site is told apart.
-        a.extend(
-            [
-                "--client_mount_timeout",
-                &secs,
-                "--rados_mon_op_timeout",
-                &secs,
-                "--rados_osd_op_timeout",
-                &secs,
-            ]
-            .map(String::from),
-        );
+        a.extend(["--client_mount_timeout", &secs].map(String::from));
+        // A mutation is never cut by a per-operation timeout: a demote
+        // allocates a journal tag and then appends its event, and a timeout
+        // between the two leaves a half-made role change. A site that
+        // cannot be reached still fails at the mount, before anything changed.
+        if !mutates {
+            a.extend(
+                [
+                    "--rados_mon_op_timeout",
+                    &secs,
+                    "--rados_osd_op_timeout",
+                    &secs,
+                ]
+                .map(String::from),
+            );
+        }
         a
     }
 
@@ -94,13 +102,16 @@ impl RbdCli {
             self.read_timeout
         };
         let mut cmd = Command::new(&self.binary);
-        cmd.args(self.base_args(deadline))
+        cmd.args(self.base_args(deadline, op.mutates()))
             .args(args)
             .env_remove("CEPH_ARGS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            // A read is abandoned (killed) when the step stops; a mutation
+            // runs to its end even if its caller gave up waiting. The
+            // parent-death signal below still ends both with the controller.
+            .kill_on_drop(!op.mutates());
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to send
         // SIGKILL to the child when the controller process dies.
@@ -149,6 +160,16 @@ impl RbdCli {
                         RbdErrorKind::Other,
                         None,
                         format!("waiting for rbd: {e}"),
+                    ));
+                }
+                Err(_) if op.mutates() => {
+                    return Err(err(
+                        RbdErrorKind::OutcomeUnknown,
+                        None,
+                        format!(
+                            "still running after {}s: left to finish; its outcome is read again",
+                            deadline.as_secs()
+                        ),
                     ));
                 }
                 Err(_) => {
@@ -234,6 +255,11 @@ pub trait Ceph: Send + Sync {
         force: bool,
     ) -> impl Future<Output = Result<(), RbdError>> + Send;
     fn resync(&self, img: &ImageSpec) -> impl Future<Output = Result<(), RbdError>> + Send;
+    /// Makes the image's journal commit one entry without changing its data
+    /// or leaving anything behind (an image-meta key set, then removed: both
+    /// are journaled operations). Only for a journal-mode primary whose
+    /// journal has never committed an entry (see `JournalStatus::master_committed`).
+    fn journal_marker(&self, img: &ImageSpec) -> impl Future<Output = Result<(), RbdError>> + Send;
 }
 
 impl Ceph for RbdCli {
@@ -330,6 +356,23 @@ impl Ceph for RbdCli {
         self.run(Op::Resync, &s, &["mirror", "image", "resync", &s])
             .await
             .map(drop)
+    }
+
+    async fn journal_marker(&self, img: &ImageSpec) -> Result<(), RbdError> {
+        let s = img.to_string();
+        self.run(
+            Op::JournalMarker,
+            &s,
+            &["image-meta", "set", &s, MARKER_KEY, "demote"],
+        )
+        .await?;
+        self.run(
+            Op::JournalMarker,
+            &s,
+            &["image-meta", "remove", &s, MARKER_KEY],
+        )
+        .await
+        .map(drop)
     }
 }
 

@@ -17,6 +17,8 @@ pub enum Op {
     Demote,
     Promote,
     Resync,
+    /// `image-meta set` + `remove`: a journaled no-op (see `Ceph::journal_marker`).
+    JournalMarker,
 }
 
 impl Op {
@@ -31,13 +33,17 @@ impl Op {
             Op::Demote => "mirror image demote",
             Op::Promote => "mirror image promote",
             Op::Resync => "mirror image resync",
+            Op::JournalMarker => "image-meta set",
         }
     }
 
     /// Commands that change the image: never killed half-way (librbd cannot
     /// be interrupted safely), and never started after a cancel.
     pub fn mutates(self) -> bool {
-        matches!(self, Op::Demote | Op::Promote | Op::Resync)
+        matches!(
+            self,
+            Op::Demote | Op::Promote | Op::Resync | Op::JournalMarker
+        )
     }
 }
 
@@ -67,6 +73,9 @@ pub enum RbdErrorKind {
     NoBinary,
     /// Output that could not be parsed.
     BadOutput,
+    /// A mutation still running at its deadline: left to finish (never cut
+    /// half-way), so whether it took effect is only known by reading again.
+    OutcomeUnknown,
     Other,
 }
 

@@ -225,7 +225,14 @@ impl JournalStatus {
     /// (`id == ""`): the peer replayed everything (upstream QA's
     /// `wait_for_journal_replay_complete`; ../shared/ceph-lab.md P9).
     pub fn peers_caught_up(&self) -> bool {
-        let Some(master) = self.registered_clients.iter().find(|c| c.id.is_empty()) else {
+        let Some(master) = self
+            .registered_clients
+            .iter()
+            .find(|c| c.id.is_empty())
+            .and_then(|c| first_position(&c.commit_position))
+        else {
+            // No committed entry: nothing proves what the peer replayed (an
+            // empty position on both sides is not "caught up").
             return false;
         };
         let peers: Vec<_> = self
@@ -234,9 +241,25 @@ impl JournalStatus {
             .filter(|c| !c.id.is_empty())
             .collect();
         !peers.is_empty()
-            && peers.iter().all(|p| {
-                first_position(&p.commit_position) == first_position(&master.commit_position)
-            })
+            && peers
+                .iter()
+                .all(|p| first_position(&p.commit_position) == Some(master))
+    }
+}
+
+impl JournalStatus {
+    /// Whether the image's own (master) client has committed any entry.
+    /// A demotion taken while it has none records a demotion tag with no
+    /// valid predecessor, which the old primary's rbd-mirror later cannot
+    /// chain to the new primary's promotion: "split-brain detected"
+    /// (ceph/ceph librbd/journal/DemoteRequest.cc `allocate_tag`, and
+    /// rbd_mirror/image_replayer/journal/PrepareReplayRequest.cc).
+    pub fn master_committed(&self) -> bool {
+        self.registered_clients
+            .iter()
+            .find(|c| c.id.is_empty())
+            .and_then(|c| first_position(&c.commit_position))
+            .is_some()
     }
 }
 
@@ -335,5 +358,15 @@ mod tests {
         assert!(caught.peers_caught_up());
         let behind: JournalStatus = serde_json::from_str(r#"{"registered_clients":[{"id":"","commit_position":{"object_positions":[{"object_number":3,"tag_tid":4,"entry_tid":9}]}},{"id":"p","commit_position":{"object_positions":[{"object_number":3,"tag_tid":4,"entry_tid":7}]}}]}"#).unwrap();
         assert!(!behind.peers_caught_up());
+        assert!(behind.master_committed());
+    }
+
+    #[test]
+    fn an_unwritten_journal_is_neither_caught_up_nor_committed() {
+        // Both clients at the empty position: what an image never written
+        // since mirroring started shows. Equal, but it proves nothing.
+        let idle: JournalStatus = serde_json::from_str(r#"{"minimum_set":0,"active_set":0,"registered_clients":[{"id":"","data":"","commit_position":{"object_positions":[]},"state":"connected"},{"id":"2dcaf136","commit_position":{"object_positions":[]},"state":"connected"}]}"#).unwrap();
+        assert!(!idle.peers_caught_up());
+        assert!(!idle.master_committed());
     }
 }

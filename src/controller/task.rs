@@ -176,6 +176,12 @@ async fn finish(
     cause: Option<StopCause>,
 ) -> Result<bool, super::status::StatusError> {
     let (flavor, _, _) = writer.key();
+    if let StepEnd::Lost(owner) = &exec.end {
+        // Another process owns the run: anything written now could undo
+        // what it wrote.
+        warn!(owner = %owner, "the run is owned by another controller: stopping without writing");
+        return Ok(false);
+    }
     let images = if exec.images.is_empty() {
         exec.progress
             .images
@@ -250,7 +256,7 @@ async fn finish(
                     }
                     // Stopped for no reason the run shows (the controller is
                     // shutting down): progress is recorded, the run resumes later.
-                    (StepEnd::Stopped, _) => {}
+                    (StepEnd::Stopped, _) | (StepEnd::Lost(_), _) => {}
                 }
             })
         })

@@ -24,6 +24,18 @@ pub trait Checkpoint: Send + Sync {
         progress: &Progress,
         durable: bool,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Called before every mutation: proves this process still owns the run
+    /// (a status write conditioned on what it last saw), so that a deposed
+    /// leader or a second instance finds out instead of acting. `Err` says
+    /// who owns it now; the step then stops without touching anything.
+    fn claim(
+        &self,
+        _image: &str,
+        _action: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The two sites a step talks to.
@@ -40,6 +52,8 @@ pub enum StepEnd {
     Failed(Failure),
     /// Stopped by the token: the caller knows whether it was a cancel or a timeout.
     Stopped,
+    /// Another process owns the run now: this one must write nothing more.
+    Lost(String),
 }
 
 pub struct Execution {
@@ -70,18 +84,39 @@ impl Default for Pace {
 enum ImageEnd {
     Done(ImageOutcome),
     Failed(Failure),
+    /// Not (or no further) acted on: the step stopped, or a demote failed
+    /// elsewhere and no new demote may start.
     Stopped,
+    /// The claim before a mutation was refused: another process owns the run
+    /// (recorded in `Ctx::lost`).
+    Lost,
 }
 
 type Step<T> = Result<T, ImageEnd>;
+
+/// What the check of a demote found, before any image is touched.
+enum DemotePlan {
+    AlreadyNonPrimary,
+    /// Demote; `mark` first when the journal has never committed an entry.
+    Demote {
+        mark: bool,
+    },
+}
 
 struct Ctx<'a, C, K> {
     step: &'a ResolvedStep,
     sites: &'a Sites<C>,
     checkpoint: &'a K,
     progress: Arc<Mutex<Progress>>,
-    /// Cancelled by the caller (cancel, timeout) or by the first failing image.
+    /// Cancelled by the caller (cancel, timeout): reads are abandoned, no
+    /// mutation starts.
     stop: CancellationToken,
+    /// Cancelled after a failed demote: no new mutation starts, but reads
+    /// and waits go on, so what was done is still recorded.
+    halt_mutations: CancellationToken,
+    /// Set when a claim is refused (who owns the run now): nothing more may
+    /// be done or written by this process.
+    lost: Mutex<Option<String>>,
     pace: Pace,
 }
 
@@ -94,13 +129,14 @@ pub async fn execute<C: Ceph, K: Checkpoint>(
     pace: Pace,
 ) -> Execution {
     let started = Instant::now();
-    let stop = cancel.child_token();
     let ctx = Ctx {
         step,
         sites,
         checkpoint,
         progress,
-        stop: stop.clone(),
+        stop: cancel.child_token(),
+        halt_mutations: CancellationToken::new(),
+        lost: Mutex::new(None),
         pace,
     };
     let images = match ctx.image_list().await {
@@ -113,34 +149,69 @@ pub async fn execute<C: Ceph, K: Checkpoint>(
             return ctx.finish(end, vec![], started);
         }
     };
-    let pending: Vec<String> = {
-        let p = ctx.progress.lock().expect("progress");
-        images
-            .iter()
-            .filter(|i| !p.done.contains_key(*i))
-            .cloned()
-            .collect()
+    let pending: Vec<ImageSpec> = {
+        let mut p = ctx.progress.lock().expect("progress");
+        // A new attempt takes its failed images up again.
+        p.failed.clear();
+        let mut pending = vec![];
+        let todo: Vec<&String> = images.iter().filter(|i| !p.done.contains_key(*i)).collect();
+        for i in todo {
+            match ImageSpec::parse(i, &step.pool, step.rados_namespace.as_deref()) {
+                Ok(spec) => pending.push(spec),
+                // Only an edited status can get here: names were validated
+                // when the step was resolved.
+                Err(e) => {
+                    p.failed.insert(
+                        i.clone(),
+                        Failure::new(Reason::InvalidParams, format!("{i}: {e}")),
+                    );
+                }
+            }
+        }
+        pending
     };
-    let mut first_failure: Option<Failure> = None;
-    let mut stopped = false;
+    // A demote checks every image before the first is touched: a
+    // half-demoted application is the worst state a failover can leave.
+    let mut plans = std::collections::HashMap::new();
+    if step.action == Action::Demote && !pending.is_empty() {
+        let ctx_ref = &ctx;
+        let checks: Vec<(ImageSpec, Step<DemotePlan>)> = futures::stream::iter(pending.clone())
+            .map(|img| async move {
+                let plan = ctx_ref.demote_check(&img).await;
+                (img, plan)
+            })
+            .buffer_unordered(step.concurrency as usize)
+            .collect()
+            .await;
+        for (img, plan) in checks {
+            match plan {
+                Ok(plan) => {
+                    plans.insert(img.to_string(), plan);
+                }
+                Err(ImageEnd::Failed(f)) => {
+                    ctx.progress
+                        .lock()
+                        .expect("progress")
+                        .failed
+                        .insert(img.to_string(), f);
+                }
+                Err(_) => {}
+            }
+        }
+        let failed = !ctx.progress.lock().expect("progress").failed.is_empty();
+        if failed || ctx.stop.is_cancelled() {
+            return ctx.conclude(images, started);
+        }
+    }
     let ctx_ref = &ctx;
+    let plans = &plans;
     let mut runs = futures::stream::iter(pending)
         .map(|img| async move {
-            // A failing image stops images not yet started.
-            if ctx_ref.stop.is_cancelled() {
-                return (img, ImageEnd::Stopped);
-            }
-            let spec = ImageSpec::parse(
-                &img,
-                &ctx_ref.step.pool,
-                ctx_ref.step.rados_namespace.as_deref(),
-            )
-            .expect("image names were validated when the step was resolved");
-            let end = match ctx_ref.image(&spec).await {
+            let end = match ctx_ref.image(&img, plans.get(&img.to_string())).await {
                 Ok(o) => ImageEnd::Done(o),
                 Err(e) => e,
             };
-            (img, end)
+            (img.to_string(), end)
         })
         .buffer_unordered(step.concurrency as usize);
     while let Some((img, end)) = runs.next().await {
@@ -157,22 +228,37 @@ pub async fn execute<C: Ceph, K: Checkpoint>(
                 let _ = ctx.checkpoint.save(&snapshot, false).await;
             }
             ImageEnd::Failed(f) => {
-                first_failure.get_or_insert(f);
-                ctx.stop.cancel();
+                ctx.progress.lock().expect("progress").failed.insert(img, f);
+                // Promote and resync attempt every image; a demote starts
+                // no new one after a failure.
+                if step.action == Action::Demote {
+                    ctx.halt_mutations.cancel();
+                }
             }
-            ImageEnd::Stopped => stopped = true,
+            ImageEnd::Stopped | ImageEnd::Lost => {}
         }
     }
     drop(runs);
-    let end = match first_failure {
-        Some(f) => StepEnd::Failed(f),
-        None if cancel.is_cancelled() || stopped => StepEnd::Stopped,
-        None => StepEnd::Succeeded,
-    };
-    ctx.finish(end, images, started)
+    ctx.conclude(images, started)
 }
 
 impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
+    /// The step's end from what happened to each image.
+    fn conclude(self, images: Vec<String>, started: Instant) -> Execution {
+        let failure = {
+            let p = self.progress.lock().expect("progress");
+            super::outcome::failures_summary(images.len(), &p.failed)
+        };
+        let lost = self.lost.lock().expect("lost").clone();
+        let end = match (lost, failure) {
+            (Some(owner), _) => StepEnd::Lost(owner),
+            (None, Some(f)) => StepEnd::Failed(f),
+            (None, None) if self.stop.is_cancelled() => StepEnd::Stopped,
+            (None, None) => StepEnd::Succeeded,
+        };
+        self.finish(end, images, started)
+    }
+
     fn finish(self, end: StepEnd, images: Vec<String>, started: Instant) -> Execution {
         let progress = {
             let mut p = self.progress.lock().expect("progress");
@@ -222,13 +308,36 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         }
     }
 
-    /// A mutating call: never started once the step stops, never interrupted
-    /// once started (librbd cannot be interrupted safely).
-    async fn mutate<T>(&self, fut: impl Future<Output = T>) -> Step<T> {
-        if self.stop.is_cancelled() {
+    /// A mutating call: never started once the step stops (or, in a demote,
+    /// after another image failed), never interrupted once started (librbd
+    /// cannot be interrupted safely).
+    async fn mutate<T>(
+        &self,
+        img: &ImageSpec,
+        action: &str,
+        fut: impl Future<Output = T>,
+    ) -> Step<T> {
+        if self.stop.is_cancelled() || self.halt_mutations.is_cancelled() {
+            return Err(ImageEnd::Stopped);
+        }
+        self.claim(img, action).await?;
+        // The claim may have waited on the API server: look again.
+        if self.stop.is_cancelled() || self.halt_mutations.is_cancelled() {
             return Err(ImageEnd::Stopped);
         }
         Ok(fut.await)
+    }
+
+    async fn claim(&self, img: &ImageSpec, action: &str) -> Step<()> {
+        if let Err(owner) = self.checkpoint.claim(&img.to_string(), action).await {
+            self.lost
+                .lock()
+                .expect("lost")
+                .get_or_insert_with(|| owner.clone());
+            self.stop.cancel();
+            return Err(ImageEnd::Lost);
+        }
+        Ok(())
     }
 
     async fn pause(&self, attempt: &mut u32) -> Step<()> {
@@ -296,10 +405,13 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         }
     }
 
-    async fn image(&self, img: &ImageSpec) -> Step<ImageOutcome> {
+    async fn image(&self, img: &ImageSpec, plan: Option<&DemotePlan>) -> Step<ImageOutcome> {
         match self.step.action {
             Action::Status => self.status(img).await,
-            Action::Demote => self.demote(img).await,
+            Action::Demote => match plan {
+                Some(plan) => self.demote(img, plan).await,
+                None => Err(ImageEnd::Stopped),
+            },
             Action::Promote if self.step.force => self.force_promote(img).await,
             Action::Promote => self.promote(img).await,
             Action::Resync => self.resync(img).await,
@@ -358,11 +470,14 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         }
     }
 
-    async fn demote(&self, img: &ImageSpec) -> Step<ImageOutcome> {
+    /// Everything a demote needs to know before any image is touched: the
+    /// role, whether a client holds the image, and (journal mode) whether
+    /// the journal ever committed an entry.
+    async fn demote_check(&self, img: &ImageSpec) -> Step<DemotePlan> {
         let site = &self.sites.local_name;
         let info = self.local_info(img).await?;
         if info.is_primary() == Some(false) {
-            return self.observe(img, "already-non-primary").await;
+            return Ok(DemotePlan::AlreadyNonPrimary);
         }
         if !self.step.force {
             let lockers = self
@@ -381,7 +496,56 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                 )));
             }
         }
-        match self.mutate(self.sites.local.demote(img)).await? {
+        let mark = if info.mode() == Some(MirrorMode::Journal) {
+            let journal = self
+                .read(self.sites.local.journal_status(img))
+                .await?
+                .map_err(|e| self.ceph_failure(e, site))?;
+            !journal.master_committed()
+        } else {
+            false
+        };
+        Ok(DemotePlan::Demote { mark })
+    }
+
+    async fn demote(&self, img: &ImageSpec, plan: &DemotePlan) -> Step<ImageOutcome> {
+        let site = &self.sites.local_name;
+        let mark = match plan {
+            DemotePlan::AlreadyNonPrimary => {
+                return self.observe(img, "already-non-primary").await;
+            }
+            DemotePlan::Demote { mark } => *mark,
+        };
+        if mark {
+            // A journal that never committed an entry would record a
+            // demotion the new primary's promotion cannot chain to: the old
+            // primary then reports split-brain (JournalStatus::master_committed).
+            // One journaled no-op gives the demotion a valid predecessor.
+            match self
+                .mutate(img, "journal-marker", self.sites.local.journal_marker(img))
+                .await?
+            {
+                Ok(()) => {}
+                Err(e) => return Err(self.ceph_failure(e, site)),
+            }
+            let journal = self
+                .read(self.sites.local.journal_status(img))
+                .await?
+                .map_err(|e| self.ceph_failure(e, site))?;
+            if !journal.master_committed() {
+                return Err(ImageEnd::Failed(Failure::new(
+                    Reason::CephError,
+                    format!(
+                        "{img} on {site}: its journal has no committed entry even after a journaled no-op, \
+                         so a demotion now would leave {site} in split-brain after the promote; not demoted"
+                    ),
+                )));
+            }
+        }
+        match self
+            .mutate(img, "demote", self.sites.local.demote(img))
+            .await?
+        {
             Ok(()) => {}
             Err(e) if e.kind == RbdErrorKind::NotPrimary => {
                 return self.observe(img, "already-non-primary").await;
@@ -394,7 +558,16 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                     ),
                 )));
             }
-            Err(e) => return Err(self.ceph_failure(e, site)),
+            // A failed call does not prove nothing happened: read again.
+            Err(e) => {
+                return match self.read(self.sites.local.info(img)).await? {
+                    Ok(info) if info.is_primary() == Some(false) => {
+                        self.confirm(img, false, "demoted").await
+                    }
+                    Ok(_) => Err(self.ceph_failure(e, site)),
+                    Err(read) => Err(unknown_after(img, site, &e, &read)),
+                };
+            }
         }
         self.confirm(img, false, "demoted").await
     }
@@ -503,7 +676,10 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                 }
             }
             if arrived {
-                match self.mutate(self.sites.local.promote(img, false)).await? {
+                match self
+                    .mutate(img, "promote", self.sites.local.promote(img, false))
+                    .await?
+                {
                     Ok(()) => return self.confirm(img, true, "promoted").await,
                     Err(e) if e.kind == RbdErrorKind::AlreadyPrimary => {
                         return self.observe(img, "already-primary").await;
@@ -514,7 +690,21 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                             e.kind,
                             RbdErrorKind::NotYetPropagated | RbdErrorKind::Transient
                         ) => {}
-                    Err(e) => return Err(self.ceph_failure(e, &site)),
+                    // A failed call does not prove nothing happened. The
+                    // proof that the peer demoted held before the call, so
+                    // primary here (and the peer not) is this promote's doing.
+                    Err(e) => {
+                        return match self.read(self.sites.local.info(img)).await? {
+                            Ok(info) if info.is_primary() == Some(true) => {
+                                if self.peer_primary(img).await? == Some(true) {
+                                    return Err(both_primary(img, &site, &peer_name));
+                                }
+                                self.observe(img, "promoted").await
+                            }
+                            Ok(_) => Err(self.ceph_failure(e, &site)),
+                            Err(read) => Err(unknown_after(img, &site, &e, &read)),
+                        };
+                    }
                 }
             }
             let why = match peer_primary {
@@ -550,10 +740,19 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                 format!("could not record the forced promote of {img}: {e}"),
             ))
         })?;
-        match self.mutate(self.sites.local.promote(img, true)).await? {
+        match self
+            .mutate(img, "force-promote", self.sites.local.promote(img, true))
+            .await?
+        {
             Ok(()) => {}
             Err(e) if e.kind == RbdErrorKind::AlreadyPrimary => {}
-            Err(e) => return Err(self.ceph_failure(e, &site)),
+            // Read again: a forced promote that took effect despite the
+            // error is done; the confirmation below decides.
+            Err(e) => match self.read(self.sites.local.info(img)).await? {
+                Ok(info) if info.is_primary() == Some(true) => {}
+                Ok(_) => return Err(self.ceph_failure(e, &site)),
+                Err(read) => return Err(unknown_after(img, &site, &e, &read)),
+            },
         }
         let mut o = self.confirm(img, true, "force-promoted").await?;
         if o.state.last_sync.is_none() && window != "unknown" {
@@ -573,9 +772,21 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             .get(&key)
             .cloned();
         let old_id = match recorded {
-            // Issued (or about to be) by an earlier attempt or controller:
-            // never again, or the image would be copied twice.
-            Some(id) => id,
+            // Recorded by an earlier attempt or controller: it may or may
+            // not have been sent (a crash between the record and the call,
+            // or a call that failed). While the image still has its old id,
+            // sending it again is harmless (it sets the same request flag);
+            // once the id changed or the image is gone, rbd-mirror acted on
+            // it, and a second one would copy the whole image again.
+            Some(id) => {
+                if let Ok(info) = self.read(self.sites.local.info(img)).await?
+                    && info.id == id
+                    && info.is_primary() == Some(false)
+                {
+                    self.send_resync(img, &site).await?;
+                }
+                id
+            }
             None => {
                 let info = self.local_info(img).await?;
                 if info.is_primary() == Some(true) {
@@ -600,23 +811,14 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                         format!("could not record the resync of {img} before issuing it: {e}"),
                     ))
                 })?;
-                // From here the resync is issued even if a cancel arrives:
-                // the record says it may have been.
-                match self.sites.local.resync(img).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind == RbdErrorKind::ResyncOnPrimary => {
-                        return Err(ImageEnd::Failed(Failure::new(
-                            Reason::ResyncOnPrimary,
-                            format!("{img} on {site}: {e}"),
-                        )));
-                    }
-                    Err(e) => return Err(self.ceph_failure(e, &site)),
-                }
+                self.send_resync(img, &site).await?;
                 info.id
             }
         };
         // Done when the image is back with a new id and replaying; it is
-        // absent for a while in between (ceph-lab.md P14).
+        // absent (or its mirroring disabled) for a while in between
+        // (ceph-lab.md P14): after a recorded resync that means "in
+        // progress", never a failure.
         let mut attempt = 0;
         loop {
             match self.read(self.sites.local.info(img)).await? {
@@ -635,7 +837,12 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                 Ok(_) => self.set_waiting(format!(
                     "waiting for rbd-mirror on {site} to recreate {img}"
                 )),
-                Err(e) if e.kind == RbdErrorKind::NotFound => {
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        RbdErrorKind::NotFound | RbdErrorKind::MirroringDisabled
+                    ) =>
+                {
                     self.set_waiting(format!("{img} is being copied again on {site}"))
                 }
                 Err(e) => return Err(self.ceph_failure(e, &site)),
@@ -643,9 +850,40 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             self.pause(&mut attempt).await?;
         }
     }
+
+    /// Sends a resync whose intent is already recorded: from here it is
+    /// issued even if a cancel arrives (the record says it may have been).
+    async fn send_resync(&self, img: &ImageSpec, site: &str) -> Step<()> {
+        self.claim(img, "resync").await?;
+        match self.sites.local.resync(img).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == RbdErrorKind::ResyncOnPrimary => Err(ImageEnd::Failed(
+                Failure::new(Reason::ResyncOnPrimary, format!("{img} on {site}: {e}")),
+            )),
+            // Gone or disabled right after the call: rbd-mirror took it up.
+            Err(e)
+                if matches!(
+                    e.kind,
+                    RbdErrorKind::NotFound | RbdErrorKind::MirroringDisabled
+                ) =>
+            {
+                Ok(())
+            }
+            // A failed call does not prove nothing happened: the wait that
+            // follows tells (a new id), and a later attempt re-sends it
+            // while the id is unchanged.
+            Err(e) => match self.read(self.sites.local.info(img)).await? {
+                Err(read) if read.kind == RbdErrorKind::NotFound => Ok(()),
+                _ => Err(self.ceph_failure(e, site)),
+            },
+        }
+    }
 }
 
-/// Every mirror-enabled image of the step's pool (or namespace), as `pool/image`.
+/// Every mirror-enabled image of the step's pool (or namespace), as
+/// `pool/image`. A name this controller cannot act on, or more images than
+/// one step may hold, fails the step naming them: silently dropping one
+/// would report a partial failover as a success.
 pub async fn mirror_images<C: Ceph>(
     step: &ResolvedStep,
     local: &C,
@@ -656,11 +894,59 @@ pub async fn mirror_images<C: Ceph>(
         .mirror_images(pool, ns)
         .await
         .map_err(|e| ceph_failure(&e, site))?;
-    Ok(names
-        .iter()
-        .filter_map(|n| ImageSpec::parse(n, pool, ns).ok())
-        .map(|s| s.to_string())
-        .collect())
+    select_all(&names, pool, ns, site)
+}
+
+/// The pure half of `mirror_images`.
+pub fn select_all(
+    names: &[String],
+    pool: &str,
+    ns: Option<&str>,
+    site: &str,
+) -> Result<Vec<String>, Failure> {
+    let mut good = vec![];
+    let mut bad = vec![];
+    for n in names {
+        match ImageSpec::parse(n, pool, ns) {
+            Ok(s) => good.push(s.to_string()),
+            Err(_) => bad.push(n.escape_debug().to_string()),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(Failure::new(
+            Reason::InvalidParams,
+            format!(
+                "allImages: {} mirrored image name(s) in {pool} on {site} are not names this controller acts on: {}; \
+                 name the images to act on with images instead",
+                bad.len(),
+                bad.join(", ")
+            ),
+        ));
+    }
+    if good.len() > super::resolve::MAX_IMAGES {
+        return Err(Failure::new(
+            Reason::InvalidParams,
+            format!(
+                "allImages: {pool} on {site} has {} mirrored images; one step acts on at most {}: \
+                 split them over several steps with images",
+                good.len(),
+                super::resolve::MAX_IMAGES
+            ),
+        ));
+    }
+    Ok(good)
+}
+
+/// A mutation failed and the image could not be read after it: whether it
+/// took effect is unknown. Retryable: the next attempt reads it first.
+fn unknown_after(img: &ImageSpec, site: &str, e: &RbdError, read: &RbdError) -> ImageEnd {
+    ImageEnd::Failed(Failure::new(
+        Reason::CephUnavailable,
+        format!(
+            "the outcome on {img} is unknown: the call failed ({e}) and {site} could not be read after it ({read}); \
+             the next attempt reads the image again before acting"
+        ),
+    ))
 }
 
 fn split_brain(img: &ImageSpec, site: &str, description: &str) -> ImageEnd {
@@ -743,5 +1029,38 @@ pub fn image_state(info: &ImageInfo, status: Option<&MirrorImageStatus>) -> Imag
         },
         state: status.map(|s| s.state.clone()).unwrap_or_default(),
         last_sync: status.and_then(last_sync),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_images_fails_naming_every_name_it_cannot_act_on() {
+        let names = vec![
+            "csi-vol-1".to_string(),
+            "-n".to_string(),
+            "bad name".to_string(),
+        ];
+        let f = select_all(&names, "rp", None, "site-a").unwrap_err();
+        assert_eq!(f.reason, Reason::InvalidParams);
+        assert!(
+            f.message.contains("2 mirrored image name(s)"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("-n") && f.message.contains("bad name"));
+        let ok = select_all(&names[..1], "rp", None, "site-a").unwrap();
+        assert_eq!(ok, vec!["rp/csi-vol-1".to_string()]);
+    }
+
+    #[test]
+    fn all_images_is_capped_like_images() {
+        let names: Vec<String> = (0..=super::super::resolve::MAX_IMAGES)
+            .map(|i| format!("img-{i}"))
+            .collect();
+        let f = select_all(&names, "rp", None, "site-a").unwrap_err();
+        assert!(f.message.contains("at most"), "{}", f.message);
     }
 }

@@ -115,6 +115,10 @@ pub struct Progress {
     /// The images of an `allImages` step, fixed once listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+    /// Images that failed in this attempt, with why. Cleared for the images
+    /// a new attempt takes up again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed: BTreeMap<String, Failure>,
     /// What the step is waiting for, if anything (shown in the message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
@@ -127,10 +131,17 @@ pub fn format_duration(d: Duration) -> String {
 /// Results for the run: the same on success and failure, so `finally`
 /// tasks can report a partial outcome.
 pub fn results(images: &[String], progress: &Progress, elapsed: Duration) -> Vec<RunResult> {
-    let outcomes: BTreeMap<&str, &str> = progress
-        .done
+    // Every selected image is accounted for: done, failed (with why) or
+    // not attempted, so an operator sees what a partial failover did.
+    let outcomes: BTreeMap<&str, String> = images
         .iter()
-        .map(|(k, v)| (k.as_str(), v.outcome.as_str()))
+        .map(|i| (i.as_str(), outcome_of(i, progress)))
+        .chain(
+            progress
+                .done
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.outcome.clone())),
+        )
         .collect();
     let states: BTreeMap<&str, &ImageState> = progress
         .done
@@ -162,6 +173,42 @@ pub fn results(images: &[String], progress: &Progress, elapsed: Duration) -> Vec
         });
     }
     r
+}
+
+/// One image's outcome word for the results.
+pub fn outcome_of(image: &str, progress: &Progress) -> String {
+    if let Some(o) = progress.done.get(image) {
+        o.outcome.clone()
+    } else if let Some(f) = progress.failed.get(image) {
+        format!("failed: {}", f.reason.as_str())
+    } else {
+        "not-attempted".into()
+    }
+}
+
+/// The step's failure when some images failed: the reason a person must
+/// act on first (one that a retry cannot fix, else the first), and which
+/// images failed with what.
+pub fn failures_summary(total: usize, failed: &BTreeMap<String, Failure>) -> Option<Failure> {
+    let reason = failed
+        .values()
+        .find(|f| !f.reason.retryable())
+        .or_else(|| failed.values().next())?
+        .reason;
+    let detail: Vec<String> = failed
+        .iter()
+        .map(|(i, f)| format!("{i} {}: {}", f.reason.as_str(), f.message))
+        .collect();
+    let message = if failed.len() == 1 {
+        detail.join("")
+    } else {
+        format!(
+            "{} of {total} images failed: {}",
+            failed.len(),
+            detail.join("; ")
+        )
+    };
+    Some(Failure::new(reason, message))
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -210,7 +257,10 @@ mod tests {
         );
         let get = |n: &str| r.iter().find(|x| x.name == n).unwrap().value.clone();
         assert_eq!(get("images"), r#"["replicapool/a","replicapool/b"]"#);
-        assert_eq!(get("outcomes"), r#"{"replicapool/a":"promoted"}"#);
+        assert_eq!(
+            get("outcomes"),
+            r#"{"replicapool/a":"promoted","replicapool/b":"not-attempted"}"#
+        );
         assert_eq!(
             get("states"),
             r#"{"replicapool/a":{"role":"primary","state":"up+stopped"}}"#
@@ -218,6 +268,34 @@ mod tests {
         assert_eq!(get("duration"), "1.5s");
         assert!(r.iter().all(|x| x.name != "forced"));
         assert_eq!(summary("promoted", 2, &p), "promoted 1/2 (1 promoted)");
+    }
+
+    #[test]
+    fn every_image_is_accounted_for_and_failures_are_summarised() {
+        let mut p = Progress::default();
+        p.failed.insert(
+            "rp/b".into(),
+            Failure::new(Reason::CephUnavailable, "site-a is not answering"),
+        );
+        p.failed.insert(
+            "rp/c".into(),
+            Failure::new(Reason::ImageInUse, "rp/c is in use"),
+        );
+        let images = ["rp/a".to_string(), "rp/b".into(), "rp/c".into()];
+        let r = results(&images, &p, Duration::ZERO);
+        let outcomes = &r.iter().find(|x| x.name == "outcomes").unwrap().value;
+        assert_eq!(
+            outcomes,
+            r#"{"rp/a":"not-attempted","rp/b":"failed: CephUnavailable","rp/c":"failed: ImageInUse"}"#
+        );
+        let f = failures_summary(3, &p.failed).unwrap();
+        // A retry cannot fix the image in use: that is the step's reason.
+        assert_eq!(f.reason, Reason::ImageInUse);
+        assert!(
+            f.message
+                .starts_with("2 of 3 images failed: rp/b CephUnavailable")
+        );
+        assert!(failures_summary(3, &BTreeMap::new()).is_none());
     }
 
     #[test]
