@@ -643,43 +643,121 @@ async fn journal_mode_promote_needs_the_peer_and_then_fails_over() {
     let ns = run_namespace(&client, "ctl-journal").await;
     let img = unique("jr");
     common::mirrored_image_mode(&lab.a, &lab.b, &lab.pool, &img, "journal").await;
-    let key = format!("{}/{img}", lab.pool);
-    lab.a.rbd_ok(&["mirror", "image", "demote", &key]);
-    let promote = || {
+    let step = |action: &str, cluster: &str| {
         run()
-            .param("action", "promote")
-            .param("cluster", "site-b")
+            .param("action", action)
+            .param("cluster", cluster)
             .param("pool", lab.pool.as_str())
             .param("images", json!([img]))
     };
-    // Without the peer's Secret nothing proves the journal was replayed
-    // (a stale journal promote succeeds in Ceph: ceph-lab.md P10).
-    promote().create(&client, &ns, "no-peer").await;
-    let done = wait_done(&client, &ns, "no-peer", 60).await;
-    assert_condition(&done, "False", "PeerRequired");
-    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
-
-    promote()
-        .param("peerCluster", "site-a")
-        .create(&client, &ns, "with-peer")
-        .await;
-    let done = wait_done(&client, &ns, "with-peer", 120).await;
-    assert_condition(&done, "True", "Succeeded");
-    assert_eq!(result(&done, "outcomes").unwrap()[&key], "promoted");
-    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
-    run()
-        .param("action", "status")
-        .param("cluster", "site-a")
-        .param("pool", lab.pool.as_str())
-        .param("images", json!([img]))
-        .param("waitFor", "replaying")
-        .create(&client, &ns, "a-replays")
+    step("demote", "site-a")
+        .create(&client, &ns, "demote")
         .await;
     assert_condition(
-        &wait_done(&client, &ns, "a-replays", 120).await,
+        &wait_done(&client, &ns, "demote", 60).await,
         "True",
         "Succeeded",
     );
+    // Without the peer's Secret nothing proves the journal was replayed
+    // (a stale journal promote succeeds in Ceph: ceph-lab.md P10).
+    step("promote", "site-b")
+        .create(&client, &ns, "no-peer")
+        .await;
+    let done = wait_done(&client, &ns, "no-peer", 60).await;
+    assert_condition(&done, "False", "PeerRequired");
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+}
+
+/// Planned failovers back and forth in journal mode, through the
+/// controller, with an image never written (an idle journal: what a planned
+/// failover of a stopped application meets) beside one written before every
+/// demote. After each failover the old primary must replay the new one,
+/// never report split-brain. `JOURNAL_CHAIN` sets the number of failovers
+/// (CI: 4; the proof: 20).
+#[tokio::test]
+async fn journal_failover_chains_never_split_brain() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-jchain").await;
+    let failovers: usize = std::env::var("JOURNAL_CHAIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let idle = unique("jidle");
+    let written = unique("jwr");
+    for i in [&idle, &written] {
+        common::mirrored_image_mode(&lab.a, &lab.b, &lab.pool, i, "journal").await;
+    }
+    let keys = [
+        format!("{}/{idle}", lab.pool),
+        format!("{}/{written}", lab.pool),
+    ];
+    let (mut from, mut to) = (&lab.a, &lab.b);
+    for n in 0..failovers {
+        from.rbd_ok(&[
+            "bench",
+            "--io-type",
+            "write",
+            "--io-size",
+            "4K",
+            "--io-total",
+            "64K",
+            &keys[1],
+        ]);
+        let step = |action: &str, cluster: &str| {
+            run()
+                .param("action", action)
+                .param("cluster", cluster)
+                .param("pool", lab.pool.as_str())
+                .param("images", json!([idle, written]))
+        };
+        let demote = format!("demote-{n}");
+        step("demote", from.name)
+            .create(&client, &ns, &demote)
+            .await;
+        assert_condition(
+            &wait_done(&client, &ns, &demote, 90).await,
+            "True",
+            "Succeeded",
+        );
+        let promote = format!("promote-{n}");
+        step("promote", to.name)
+            .param("peerCluster", from.name)
+            .create(&client, &ns, &promote)
+            .await;
+        let done = wait_done(&client, &ns, &promote, 120).await;
+        assert_condition(&done, "True", "Succeeded");
+        for k in &keys {
+            assert_eq!(
+                result(&done, "outcomes").unwrap()[k],
+                "promoted",
+                "failover {n}"
+            );
+        }
+        for i in [&idle, &written] {
+            wait_for(
+                120,
+                &format!(
+                    "failover {n}: {i} replaying on {} (not split-brain)",
+                    from.name
+                ),
+                || async {
+                    let state = from.mirror_state(&lab.pool, i)?;
+                    let desc = from
+                        .json(&["mirror", "image", "status", &format!("{}/{i}", lab.pool)])
+                        .and_then(|v| v["description"].as_str().map(String::from))
+                        .unwrap_or_default();
+                    assert!(
+                        !desc.contains("split-brain"),
+                        "failover {n}: {i} on {} reports {state} {desc}",
+                        from.name
+                    );
+                    (state == "up+replaying").then_some(())
+                },
+            )
+            .await;
+        }
+        std::mem::swap(&mut from, &mut to);
+    }
 }
 
 #[tokio::test]

@@ -323,13 +323,34 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         self.claim(img, action).await?;
         // The claim may have waited on the API server: look again.
         if self.stop.is_cancelled() || self.halt_mutations.is_cancelled() {
+            self.landed(img);
             return Err(ImageEnd::Stopped);
         }
-        Ok(fut.await)
+        let out = fut.await;
+        self.landed(img);
+        Ok(out)
     }
 
+    /// A mutation returned: it is no longer in flight.
+    fn landed(&self, img: &ImageSpec) {
+        self.progress
+            .lock()
+            .expect("progress")
+            .in_flight
+            .remove(&img.to_string());
+    }
+
+    /// Claims the run for one mutation, recording it as in flight.
     async fn claim(&self, img: &ImageSpec, action: &str) -> Step<()> {
+        self.progress.lock().expect("progress").in_flight.insert(
+            img.to_string(),
+            super::outcome::InFlight {
+                action: action.into(),
+                since: crate::contract::format_time(jiff::Timestamp::now()),
+            },
+        );
         if let Err(owner) = self.checkpoint.claim(&img.to_string(), action).await {
+            self.landed(img);
             self.lost
                 .lock()
                 .expect("lost")
@@ -855,7 +876,9 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
     /// issued even if a cancel arrives (the record says it may have been).
     async fn send_resync(&self, img: &ImageSpec, site: &str) -> Step<()> {
         self.claim(img, "resync").await?;
-        match self.sites.local.resync(img).await {
+        let sent = self.sites.local.resync(img).await;
+        self.landed(img);
+        match sent {
             Ok(()) => Ok(()),
             Err(e) if e.kind == RbdErrorKind::ResyncOnPrimary => Err(ImageEnd::Failed(
                 Failure::new(Reason::ResyncOnPrimary, format!("{img} on {site}: {e}")),

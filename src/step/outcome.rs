@@ -119,9 +119,21 @@ pub struct Progress {
     /// a new attempt takes up again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed: BTreeMap<String, Failure>,
+    /// Mutations started and not yet returned: image → what and since when
+    /// (RFC 3339). Written with the claim that precedes each one, so that a
+    /// controller taking the run over knows a call may still be running.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub in_flight: BTreeMap<String, InFlight>,
     /// What the step is waiting for, if anything (shown in the message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+}
+
+/// A mutation that may still be running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub action: String,
+    pub since: String,
 }
 
 pub fn format_duration(d: Duration) -> String {
