@@ -92,8 +92,6 @@ pub async fn read_connection(
         .collect();
     // From here on the keys may surface in Ceph's output (rbd echoes a key
     // it cannot parse): everything written out is redacted against them.
-    crate::redact::remember_connection_secret(
-        data.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-    );
+    crate::redact::remember_connection_secret(data.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
     Ok(data)
 }
