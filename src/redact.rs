@@ -88,9 +88,7 @@ fn key_token_at(bytes: &[u8], i: usize) -> Option<usize> {
     let shaped = tok.starts_with(b"AQ")
         && tok.ends_with(b"==")
         && tok[..LEN - 2].iter().copied().all(is_b64);
-    let ends = bytes
-        .get(i + LEN)
-        .is_none_or(|&b| !is_b64(b) && b != b'=');
+    let ends = bytes.get(i + LEN).is_none_or(|&b| !is_b64(b) && b != b'=');
     (shaped && ends).then_some(LEN)
 }
 

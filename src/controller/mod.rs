@@ -264,7 +264,7 @@ async fn controller_for(ctx: Arc<Context>, flavor: Flavor, shutdown: Cancellatio
                 match res {
                     Ok(_) => {}
                     Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) => {
-                        warn!(run = %obj, error = %err, "reconcile failed; retrying")
+                        warn!(run = %obj, error = %crate::redact::message(&err.to_string()), "reconcile failed; retrying")
                     }
                     // A requeued run that is no longer there: a backstop
                     // for a deletion the deletion watch did not report.

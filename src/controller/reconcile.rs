@@ -295,6 +295,6 @@ async fn fail_unreadable(
 }
 
 pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Requeue {
-    warn!(namespace = obj.metadata.namespace.as_deref().unwrap_or(""), name = obj.metadata.name.as_deref().unwrap_or(""), error = %err, "requeue after error");
+    warn!(namespace = obj.metadata.namespace.as_deref().unwrap_or(""), name = obj.metadata.name.as_deref().unwrap_or(""), error = %crate::redact::message(&err.to_string()), "requeue after error");
     Requeue::requeue(Duration::from_secs(5))
 }

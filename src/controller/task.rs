@@ -175,7 +175,7 @@ pub async fn run(ctx: Arc<Context>, t: TaskSpec) {
             info!(error = %e, "the run is gone: its task ends without writing")
         }
         Err(e) => {
-            warn!(error = %e, "task ended without writing a final status; reconcile will resume it")
+            warn!(error = %crate::redact::message(&e.to_string()), "task ended without writing a final status; reconcile will resume it")
         }
     }
 }
@@ -187,7 +187,9 @@ pub async fn fail_after_panic(ctx: &Context, writer: &StatusWriter, panic: &str)
     );
     match writer.fail(Reason::InternalError, &message).await {
         Ok(written) => ctx.final_event(&written).await,
-        Err(e) => warn!(error = %e, "could not fail the run of a panicked task"),
+        Err(e) => {
+            warn!(error = %crate::redact::message(&e.to_string()), "could not fail the run of a panicked task")
+        }
     }
 }
 
@@ -205,7 +207,7 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), StatusError> {
         let (step, resumed) = match Extra::resumable(&run.status) {
             Ok(r) => r,
             Err(e) => {
-                warn!(error = %e, "unreadable resume record");
+                warn!(error = %crate::redact::message(&e.to_string()), "unreadable resume record");
                 let written = writer.fail(Reason::InternalError, &e.to_string()).await?;
                 ctx.final_event(&written).await;
                 return Ok(());
