@@ -150,6 +150,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.run.log_format);
+    // The default hook prints the payload as is; it may quote Ceph's output.
+    std::panic::set_hook(Box::new(|info| {
+        let payload = rbd_mirror_step::controller::tasks::panic_message(info.payload());
+        let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+        tracing::error!(panic = %rbd_mirror_step::redact::message(&payload), at, "panic");
+    }));
     rbd_mirror_step::ceph::cli::limit_processes(cli.run.max_rbd_processes);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {

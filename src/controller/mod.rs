@@ -8,15 +8,17 @@ pub mod reconcile;
 pub mod secrets;
 pub mod status;
 pub mod task;
+pub mod tasks;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::watcher;
@@ -27,7 +29,7 @@ use crate::api::Flavor;
 use crate::step::Pace;
 use crate::step::locks::ImageLocks;
 use status::StatusWriter;
-use task::StopCause;
+use tasks::{StopCause, TaskKey, TaskTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -88,21 +90,12 @@ impl Default for Config {
     }
 }
 
-type RunKey = (Flavor, String, String);
-
-struct TaskHandle {
-    id: u64,
-    token: CancellationToken,
-    cause: Arc<Mutex<Option<StopCause>>>,
-}
-
 pub struct Context {
     pub client: kube::Client,
     pub config: Config,
     pub locks: Arc<ImageLocks>,
     pub recorder: Recorder,
-    tasks: Mutex<HashMap<RunKey, TaskHandle>>,
-    next_id: AtomicU64,
+    tasks: Arc<TaskTable>,
 }
 
 impl Context {
@@ -112,66 +105,130 @@ impl Context {
             client,
             config,
             locks: Arc::new(ImageLocks::default()),
-            tasks: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            tasks: Arc::new(TaskTable::default()),
         })
     }
 
-    fn has_task(&self, flavor: Flavor, ns: &str, name: &str) -> bool {
-        self.tasks
-            .lock()
-            .expect("tasks")
-            .contains_key(&(flavor, ns.into(), name.into()))
+    fn has_task(&self, flavor: Flavor, uid: &str) -> bool {
+        self.tasks.contains(&TaskKey {
+            flavor,
+            uid: uid.into(),
+        })
     }
 
     /// Starts the run's task unless one is running; true when it started one.
     /// The task writes through `writer`, which may already know the run.
     fn ensure_task(self: &Arc<Self>, writer: Arc<StatusWriter>) -> bool {
         let (flavor, ns, name) = writer.key();
-        let key = (flavor, ns.to_string(), name.to_string());
-        let mut tasks = self.tasks.lock().expect("tasks");
-        if tasks.contains_key(&key) {
+        // Reconcile hands in runs read from the API server, which all have one.
+        let Some(uid) = writer.uid() else {
+            warn!(namespace = %ns, name = %name, "a run without a uid: not started");
             return false;
-        }
-        let handle = TaskHandle {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            token: CancellationToken::new(),
-            cause: Arc::new(Mutex::new(None)),
         };
-        let spec = task::TaskSpec {
-            id: handle.id,
-            token: handle.token.clone(),
-            cause: handle.cause.clone(),
-            writer,
-        };
-        tasks.insert(key, handle);
-        tokio::spawn(task::run(self.clone(), spec));
-        true
+        let span = tracing::info_span!("run", namespace = %ns, name = %name, kind = flavor.kind(), uid = %uid);
+        let (ns, name) = (ns.to_string(), name.to_string());
+        let (ctx, panic_ctx, panic_writer) = (self.clone(), self.clone(), writer.clone());
+        self.tasks.start(
+            TaskKey { flavor, uid },
+            &ns,
+            &name,
+            span,
+            move |s| {
+                task::run(
+                    ctx,
+                    task::TaskSpec {
+                        stopper: s.stopper,
+                        writer,
+                    },
+                )
+            },
+            move |message| async move {
+                task::fail_after_panic(&panic_ctx, &panic_writer, &message).await
+            },
+        )
     }
 
     /// Tells a running task to stop; false when there is none.
-    fn stop_task(&self, flavor: Flavor, ns: &str, name: &str, cause: StopCause) -> bool {
-        let tasks = self.tasks.lock().expect("tasks");
-        match tasks.get(&(flavor, ns.into(), name.into())) {
-            Some(h) => {
-                h.cause.lock().expect("cause").get_or_insert(cause);
-                h.token.cancel();
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn forget(&self, flavor: Flavor, ns: &str, name: &str, id: u64) {
-        let mut tasks = self.tasks.lock().expect("tasks");
-        let key = (flavor, ns.to_string(), name.to_string());
-        if tasks.get(&key).is_some_and(|h| h.id == id) {
-            tasks.remove(&key);
-        }
+    fn stop_task(&self, flavor: Flavor, uid: &str, cause: StopCause) -> bool {
+        self.tasks.stop(
+            &TaskKey {
+                flavor,
+                uid: uid.into(),
+            },
+            cause,
+        )
     }
 
     pub fn running_tasks(&self) -> usize {
-        self.tasks.lock().expect("tasks").len()
+        self.tasks.len()
+    }
+}
+
+/// Whether the run `namespace/name` with `uid` no longer exists. A failed
+/// read is not proof: the task's own writes will find out.
+async fn run_gone(ctx: &Context, flavor: Flavor, namespace: &str, name: &str, uid: &str) -> bool {
+    let api: Api<PartialObjectMeta<DynamicObject>> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &flavor.api_resource());
+    match api.get_metadata_opt(name).await {
+        Ok(None) => true,
+        Ok(Some(m)) => m.metadata.uid.as_deref() != Some(uid),
+        Err(e) => {
+            warn!(namespace, name, error = %e, "cannot tell whether a run was deleted");
+            false
+        }
+    }
+}
+
+/// Stops the task of a run once it is deleted. The controller's own watch
+/// only reconciles objects that still exist, so deletions are watched here
+/// (metadata only). Each deletion is confirmed by a read, because a label
+/// change that takes a run out of the selector looks the same.
+async fn watch_deletions(ctx: Arc<Context>, flavor: Flavor, wc: watcher::Config) {
+    let api: Api<PartialObjectMeta<DynamicObject>> =
+        Api::all_with(ctx.client.clone(), &flavor.api_resource());
+    let mut listing: Option<(std::time::Instant, HashSet<String>)> = None;
+    let mut events = std::pin::pin!(watcher(api, wc).default_backoff());
+    while let Some(ev) = events.next().await {
+        let gone: Vec<(String, String, String)> = match ev {
+            Ok(watcher::Event::Delete(m)) => {
+                let meta = m.metadata;
+                match (meta.namespace, meta.name, meta.uid) {
+                    (Some(ns), Some(name), Some(uid)) => vec![(ns, name, uid)],
+                    _ => vec![],
+                }
+            }
+            Ok(watcher::Event::Init) => {
+                listing = Some((std::time::Instant::now(), HashSet::new()));
+                vec![]
+            }
+            Ok(watcher::Event::InitApply(m)) => {
+                if let (Some((_, live)), Some(uid)) = (&mut listing, m.metadata.uid) {
+                    live.insert(uid);
+                }
+                vec![]
+            }
+            // A relist: deletions while the watch was down have no event.
+            // Only tasks older than the list can be judged by it.
+            Ok(watcher::Event::InitDone) => match listing.take() {
+                Some((at, live)) => ctx.tasks.missing(flavor, &live, at),
+                None => vec![],
+            },
+            Ok(watcher::Event::Apply(_)) => vec![],
+            Err(e) => {
+                warn!(error = %e, kind = flavor.kind(), "watching deletions");
+                vec![]
+            }
+        };
+        for (ns, name, uid) in gone {
+            let key = TaskKey {
+                flavor,
+                uid: uid.clone(),
+            };
+            if ctx.tasks.contains(&key) && run_gone(&ctx, flavor, &ns, &name, &uid).await {
+                info!(namespace = %ns, name = %name, uid = %uid, "run deleted: stopping its task");
+                ctx.tasks.stop(&key, StopCause::Deleted);
+            }
+        }
     }
 }
 
@@ -191,7 +248,9 @@ async fn controller_for(ctx: Arc<Context>, flavor: Flavor, shutdown: Cancellatio
     if let Some(sel) = &ctx.config.label_selector {
         wc = wc.labels(sel);
     }
-    Controller::new_with(api, wc, ar)
+    let deletions = watch_deletions(ctx.clone(), flavor, wc.clone());
+    let nf_ctx = ctx.clone();
+    let controller = Controller::new_with(api, wc, ar)
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(
@@ -199,17 +258,36 @@ async fn controller_for(ctx: Arc<Context>, flavor: Flavor, shutdown: Cancellatio
             reconcile::error_policy,
             ctx,
         )
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                match e {
-                    kube::runtime::controller::Error::ReconcilerFailed(err, obj) => {
-                        warn!(run = %obj, error = %err, "reconcile failed; retrying")
+        .for_each(move |res| {
+            let ctx = nf_ctx.clone();
+            async move {
+                match res {
+                    Ok(_) => {}
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) => {
+                        warn!(run = %obj, error = %crate::redact::message(&err.to_string()), "reconcile failed; retrying")
                     }
-                    other => warn!(error = %other, "controller stream"),
+                    // A requeued run that is no longer there: a backstop
+                    // for a deletion the deletion watch did not report.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                        let (ns, name) =
+                            (obj.namespace.clone().unwrap_or_default(), obj.name.clone());
+                        if let Some(uid) = obj.extra.uid.clone()
+                            && ctx.has_task(flavor, &uid)
+                            && run_gone(&ctx, flavor, &ns, &name, &uid).await
+                        {
+                            info!(namespace = %ns, name = %name, "run deleted: stopping its task");
+                            ctx.stop_task(flavor, &uid, StopCause::Deleted);
+                        }
+                    }
+                    Err(other) => warn!(error = %other, "controller stream"),
                 }
             }
-        })
-        .await;
+        });
+    // The deletion watch never ends by itself: it stops with the controller.
+    tokio::select! {
+        _ = controller => {}
+        _ = deletions => {}
+    }
 }
 
 /// Runs the controller until SIGINT/SIGTERM.

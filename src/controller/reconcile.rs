@@ -8,6 +8,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
 use super::status::{StatusWriter, Update, unless_done};
@@ -37,13 +38,24 @@ pub async fn reconcile(
     }
     let ns = obj.metadata.namespace.clone().unwrap_or_default();
     let name = obj.metadata.name.clone().unwrap_or_default();
-    let span =
-        tracing::info_span!("reconcile", namespace = %ns, name = %name, kind = flavor.kind());
+    let uid = obj.metadata.uid.clone().unwrap_or_default();
+    let span = tracing::info_span!("reconcile", namespace = %ns, name = %name, kind = flavor.kind(), uid = %uid);
     let _e = span.enter();
+    // Names are unique among live objects: a task for another object of
+    // this name owns a deleted run (e.g. the previous run of a re-run pipeline).
+    let replaced = ctx
+        .tasks
+        .stop_named(flavor, &ns, &name, Some(&uid), StopCause::Deleted);
+    if replaced > 0 {
+        info!(
+            tasks = replaced,
+            "an earlier run of this name was deleted: stopping its task"
+        );
+    }
     let run = match TektonRun::from_dynamic(flavor, &obj) {
         Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, "malformed run of ours");
+            warn!(error = %crate::redact::message(&e.to_string()), "malformed run of ours");
             drop(_e);
             fail_unreadable(&ctx, flavor, &obj, &e.to_string()).await?;
             return Ok(Requeue::await_change());
@@ -55,7 +67,8 @@ pub async fn reconcile(
         Ok(t) => t,
         Err(e) => {
             drop(_e);
-            writer.fail_invalid(&e.to_string()).await?;
+            let written = writer.fail_invalid(&e.to_string()).await?;
+            ctx.final_event(&written).await;
             return Ok(Requeue::await_change());
         }
     };
@@ -66,7 +79,7 @@ pub async fn reconcile(
     match decision {
         Decision::Done => Ok(Requeue::await_change()),
         Decision::Cancel => {
-            if !ctx.stop_task(flavor, &ns, &name, StopCause::Cancelled) {
+            if !ctx.stop_task(flavor, &uid, StopCause::Cancelled) {
                 // No step is running here: finish the run now.
                 let msg = run
                     .spec
@@ -89,8 +102,9 @@ pub async fn reconcile(
             let step = match resolve(&ctx, &run).await {
                 Ok(s) => s,
                 Err(e) => {
-                    info!(error = %e.0, "invalid step");
-                    writer.fail_invalid(&e.0).await?;
+                    info!(error = %crate::redact::message(&e.0), "invalid step");
+                    let written = writer.fail_invalid(&e.0).await?;
+                    ctx.final_event(&written).await;
                     return Ok(Requeue::await_change());
                 }
             };
@@ -114,13 +128,31 @@ pub async fn reconcile(
                 })
                 .await?;
             info!(action = step.action.as_str(), cluster = %step.cluster, "started");
+            if !contract::is_done(&written.status) {
+                let images = match &step.selection {
+                    crate::step::Selection::Images(l) => format!("{} images", l.len()),
+                    crate::step::Selection::AllImages => "all mirrored images".into(),
+                };
+                ctx.event(
+                    &written,
+                    EventType::Normal,
+                    "Started",
+                    &format!(
+                        "{} on {} ({images} in pool {})",
+                        step.action.as_str(),
+                        step.cluster,
+                        step.pool
+                    ),
+                )
+                .await;
+            }
             ctx.ensure_task(writer);
             Ok(requeue_at(contract::deadline(&written, timeout)))
         }
         Decision::TimedOut { retry } => {
             // A running task keeps its own deadline (this view may be older
             // than the attempt it runs): only a run without one is timed out here.
-            if ctx.has_task(flavor, &ns, &name) {
+            if ctx.has_task(flavor, &uid) {
                 return Ok(Requeue::requeue(Duration::from_secs(5)));
             }
             // The deadline passed while no task ran (e.g. the controller was down).
@@ -226,7 +258,8 @@ async fn fail_unreadable(
             c.iter()
                 .any(|c| c["type"] == "Succeeded" && c["status"] != "Unknown")
         });
-    if done {
+    // Without a version the patch would be unconditional.
+    if done || obj.metadata.resource_version.is_none() {
         return Ok(());
     }
     let mut status = crate::api::RunStatus::default();
@@ -242,8 +275,9 @@ async fn fail_unreadable(
         obj.metadata.namespace.as_deref().unwrap_or(""),
         &flavor.api_resource(),
     );
+    let status = super::status::sanitize(status);
     let patch = serde_json::json!({
-        "metadata": {"resourceVersion": obj.metadata.resource_version},
+        "metadata": {"resourceVersion": obj.metadata.resource_version, "uid": obj.metadata.uid},
         "status": status,
     });
     match api
@@ -261,6 +295,6 @@ async fn fail_unreadable(
 }
 
 pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Requeue {
-    warn!(namespace = obj.metadata.namespace.as_deref().unwrap_or(""), name = obj.metadata.name.as_deref().unwrap_or(""), error = %err, "requeue after error");
+    warn!(namespace = obj.metadata.namespace.as_deref().unwrap_or(""), name = obj.metadata.name.as_deref().unwrap_or(""), error = %crate::redact::message(&err.to_string()), "requeue after error");
     Requeue::requeue(Duration::from_secs(5))
 }

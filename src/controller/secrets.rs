@@ -84,9 +84,14 @@ pub async fn read_connection(
             ),
         ));
     }
-    Ok(s.data
+    let data: BTreeMap<String, Vec<u8>> = s
+        .data
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, v.0))
-        .collect())
+        .collect();
+    // From here on the keys may surface in Ceph's output (rbd echoes a key
+    // it cannot parse): everything written out is redacted against them.
+    crate::redact::remember_connection_secret(data.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    Ok(data)
 }

@@ -9,6 +9,14 @@
 //! returned) instead of reading it first: when the guess is stale the API
 //! server answers 409 and the write is redone from a fresh read. For a short
 //! step that saves a round trip per write.
+//!
+//! A writer is bound to one object, by UID, not to a name: a run deleted and
+//! created again under its name is another run. Every read compares the UID
+//! and the patch carries it too, so a write meant for a deleted run never
+//! lands on its successor; the writer reports `Gone` instead.
+//!
+//! Everything written is sanitized first (`sanitize`): cephx keys redacted,
+//! condition messages bounded, because messages carry Ceph's and users' text.
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -34,8 +42,16 @@ pub enum StatusError {
         #[source]
         source: kube::Error,
     },
-    #[error("{kind} {namespace}/{name} is gone")]
+    #[error("{kind} {namespace}/{name} (uid {uid}) is gone: {why}")]
     Gone {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        uid: String,
+        why: &'static str,
+    },
+    #[error("{kind} {namespace}/{name} has no resourceVersion: refusing an unconditional write")]
+    NoVersion {
         kind: &'static str,
         namespace: String,
         name: String,
@@ -44,9 +60,51 @@ pub enum StatusError {
     Parse(#[from] crate::api::run::RunParseError),
 }
 
+impl StatusError {
+    /// The run this writer owns no longer exists: nothing more may be written.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, StatusError::Gone { .. })
+    }
+}
+
+/// The status as it may leave the process: every string redacted (results
+/// and extraFields included), every condition message bounded (the archived
+/// attempts' too).
+pub fn sanitize(status: RunStatus) -> RunStatus {
+    let mut v = match serde_json::to_value(&status) {
+        Ok(v) => v,
+        Err(_) => return status,
+    };
+    crate::redact::value(&mut v);
+    let bound_conditions = |v: &mut Value| {
+        if let Some(conds) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+            for c in conds {
+                if let Some(Value::String(m)) = c.get_mut("message")
+                    && let std::borrow::Cow::Owned(b) =
+                        crate::redact::bound(m, crate::redact::MAX_MESSAGE)
+                {
+                    *m = b;
+                }
+            }
+        }
+    };
+    bound_conditions(&mut v);
+    if let Some(attempts) = v.get_mut("retriesStatus").and_then(Value::as_array_mut) {
+        attempts.iter_mut().for_each(bound_conditions);
+    }
+    serde_json::from_value(v).unwrap_or(status)
+}
+
 /// The body of the patch: the whole status, with `null` for each known field
-/// the new status no longer has (a merge patch only removes what it nulls).
-pub fn status_patch(old: &RunStatus, new: &RunStatus, resource_version: &str) -> Value {
+/// the new status no longer has (a merge patch only removes what it nulls),
+/// and the preconditions: the resourceVersion the status was computed from
+/// and the UID of the object it is meant for.
+pub fn status_patch(
+    old: &RunStatus,
+    new: &RunStatus,
+    resource_version: &str,
+    uid: Option<&str>,
+) -> Value {
     let mut body = serde_json::to_value(new).unwrap_or_else(|_| json!({}));
     let old_v = serde_json::to_value(old).unwrap_or_else(|_| json!({}));
     if let (Some(b), Some(o)) = (body.as_object_mut(), old_v.as_object()) {
@@ -56,7 +114,11 @@ pub fn status_patch(old: &RunStatus, new: &RunStatus, resource_version: &str) ->
             }
         }
     }
-    json!({"metadata": {"resourceVersion": resource_version}, "status": body})
+    let mut metadata = json!({"resourceVersion": resource_version});
+    if let Some(uid) = uid {
+        metadata["uid"] = json!(uid);
+    }
+    json!({"metadata": metadata, "status": body})
 }
 
 pub struct StatusWriter {
@@ -64,6 +126,8 @@ pub struct StatusWriter {
     flavor: Flavor,
     namespace: String,
     name: String,
+    /// The object this writer is for: set from the seed, or the first read.
+    uid: std::sync::Mutex<Option<String>>,
     /// The run as last seen here: the first guess of the next write, taken
     /// (not copied) so that a guess is only ever tried once.
     known: std::sync::Mutex<Option<Known>>,
@@ -90,6 +154,7 @@ impl StatusWriter {
             flavor,
             namespace: namespace.to_string(),
             name: name.to_string(),
+            uid: std::sync::Mutex::new(None),
             known: std::sync::Mutex::new(None),
         }
     }
@@ -97,6 +162,7 @@ impl StatusWriter {
     /// A writer whose first write starts from `run` (see the module doc).
     pub fn seeded(client: kube::Client, run: &TektonRun) -> StatusWriter {
         let w = StatusWriter::new(client, run.flavor, run.namespace(), run.name());
+        *lock(&w.uid) = run.metadata.uid.clone();
         w.remember(run.clone(), false);
         w
     }
@@ -105,15 +171,45 @@ impl StatusWriter {
         (self.flavor, &self.namespace, &self.name)
     }
 
+    /// The UID of the object this writer writes, once known.
+    pub fn uid(&self) -> Option<String> {
+        lock(&self.uid).clone()
+    }
+
     fn remember(&self, run: TektonRun, written: bool) {
-        *self.known.lock().expect("known") = Some(Known { run, written });
+        *lock(&self.known) = Some(Known { run, written });
+    }
+
+    fn gone(&self, why: &'static str) -> StatusError {
+        StatusError::Gone {
+            kind: self.flavor.kind(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid().unwrap_or_default(),
+            why,
+        }
+    }
+
+    /// Whether `found` is this writer's object; the first object seen binds it.
+    fn owns(&self, found: Option<&str>) -> bool {
+        let mut uid = lock(&self.uid);
+        match (uid.as_deref(), found) {
+            (Some(mine), Some(f)) => mine == f,
+            (None, Some(f)) => {
+                *uid = Some(f.to_string());
+                true
+            }
+            // An object without a UID is not from an API server: only the
+            // resourceVersion protects it.
+            (_, None) => true,
+        }
     }
 
     /// The run as this writer last wrote it, or else as the API server has it
     /// now. Only what this writer wrote itself is fresh enough to act on
     /// without a read: a seed from elsewhere is only good as a write's guess.
     pub async fn current(&self) -> Result<TektonRun, StatusError> {
-        let written = match &*self.known.lock().expect("known") {
+        let written = match &*lock(&self.known) {
             Some(k) if k.written => Some(k.run.clone()),
             _ => None,
         };
@@ -126,12 +222,11 @@ impl StatusWriter {
     /// Reads the run from the API server.
     pub async fn get(&self) -> Result<TektonRun, StatusError> {
         match self.api.get_opt(&self.name).await {
+            Ok(Some(obj)) if !self.owns(obj.metadata.uid.as_deref()) => {
+                Err(self.gone("another object of the same name replaced it"))
+            }
             Ok(Some(obj)) => Ok(TektonRun::from_dynamic(self.flavor, &obj)?),
-            Ok(None) => Err(StatusError::Gone {
-                kind: self.flavor.kind(),
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
-            }),
+            Ok(None) => Err(self.gone("deleted")),
             Err(source) => Err(StatusError::Read {
                 kind: self.flavor.kind(),
                 namespace: self.namespace.clone(),
@@ -150,7 +245,7 @@ impl StatusWriter {
     ) -> Result<TektonRun, StatusError> {
         let mut conflicts = 0;
         loop {
-            let guess = self.known.lock().expect("known").take();
+            let guess = lock(&self.known).take();
             let guessed = guess.is_some();
             let mut run = match guess {
                 Some(k) => k.run,
@@ -163,7 +258,7 @@ impl StatusWriter {
                 Update::Skip => return Ok(run),
                 Update::Write(s) => s,
             };
-            let mut new = new;
+            let mut new = sanitize(new);
             new.observed_generation = run.metadata.generation;
             if new == run.status {
                 if guessed {
@@ -171,13 +266,38 @@ impl StatusWriter {
                 }
                 return Ok(run);
             }
-            let rv = run.metadata.resource_version.clone().unwrap_or_default();
-            let patch = status_patch(&run.status, &new, &rv);
+            // Without a resourceVersion the patch would be unconditional.
+            let Some(rv) = run
+                .metadata
+                .resource_version
+                .clone()
+                .filter(|v| !v.is_empty())
+            else {
+                if guessed {
+                    continue;
+                }
+                return Err(StatusError::NoVersion {
+                    kind: self.flavor.kind(),
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                });
+            };
+            let uid = self.uid();
+            let patch = status_patch(&run.status, &new, &rv, uid.as_deref());
             match self
                 .api
                 .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
+                Ok(obj) if !self.owns(obj.metadata.uid.as_deref()) => {
+                    // Cannot happen while the preconditions hold; if it ever
+                    // does, this writer must stop at once.
+                    tracing::error!(
+                        uid = obj.metadata.uid.as_deref().unwrap_or(""),
+                        "a status patch landed on another object"
+                    );
+                    return Err(self.gone("a patch reached another object of the same name"));
+                }
                 Ok(obj) => {
                     crate::metrics::inc(&crate::metrics::STATUS_WRITES);
                     if contract::is_done(&new) {
@@ -188,6 +308,9 @@ impl StatusWriter {
                     self.remember(run.clone(), true);
                     return Ok(run);
                 }
+                Err(kube::Error::Api(s)) if s.code == 404 => return Err(self.gone("deleted")),
+                // A conflict is a stale resourceVersion or another UID: the
+                // next read tells which.
                 Err(kube::Error::Api(s)) if s.code == 409 && conflicts < 10 => {
                     conflicts += 1;
                     continue;
@@ -208,19 +331,28 @@ impl StatusWriter {
 impl StatusWriter {
     /// Fails the run for bad input: never retried.
     pub async fn fail_invalid(&self, message: &str) -> Result<TektonRun, StatusError> {
+        self.fail(crate::step::Reason::InvalidParams, message).await
+    }
+
+    /// Ends the run `Succeeded=False` with `reason`, unless it is done.
+    pub async fn fail(
+        &self,
+        reason: crate::step::Reason,
+        message: &str,
+    ) -> Result<TektonRun, StatusError> {
         self.update(|r| {
             unless_done(r, |s| {
-                contract::fail(
-                    s,
-                    jiff::Timestamp::now(),
-                    crate::step::Reason::InvalidParams.as_str(),
-                    message,
-                    vec![],
-                )
+                contract::fail(s, jiff::Timestamp::now(), reason.as_str(), message, vec![])
             })
         })
         .await
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update under these locks is a single assignment: a panic
+    // elsewhere cannot leave them half-written.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Update helper: only while the run is unfinished.
@@ -248,10 +380,60 @@ mod tests {
             start_time: Some("2026-11-27T12:00:01Z".into()),
             ..Default::default()
         };
-        let p = status_patch(&old, &new, "42");
+        let p = status_patch(&old, &new, "42", Some("u-1"));
         assert_eq!(p["metadata"]["resourceVersion"], "42");
+        assert_eq!(p["metadata"]["uid"], "u-1");
         assert_eq!(p["status"]["completionTime"], Value::Null);
         assert_eq!(p["status"]["startTime"], "2026-11-27T12:00:01Z");
         assert!(p.get("spec").is_none(), "the spec is never written");
+    }
+}
+
+#[cfg(test)]
+mod sanitize_tests {
+    use super::*;
+    use crate::api::{Condition, RunResult};
+
+    const KEY: &str = "AQBHk2VmAAAAABAAnXg1kE3Gm2r0bEq6Yf1gkw==";
+
+    #[test]
+    fn keys_are_redacted_and_messages_bounded_everywhere_in_a_status() {
+        let huge = "x".repeat(1 << 20);
+        let cond = |m: &str| Condition {
+            type_: "Succeeded".into(),
+            status: "False".into(),
+            message: Some(m.into()),
+            ..Default::default()
+        };
+        let attempt = RunStatus {
+            conditions: vec![cond(&huge)],
+            ..Default::default()
+        };
+        let s = RunStatus {
+            conditions: vec![cond(&format!(
+                "rbd: failed to decode key '{KEY}'\n[client.x]\n\tkey = {huge}"
+            ))],
+            results: vec![RunResult {
+                name: "states".into(),
+                value: format!("{{\"a\":\"{KEY}\"}}"),
+            }],
+            retries_status: vec![serde_json::to_value(&attempt).unwrap()],
+            extra_fields: Some(json!({"progress": {"waiting": format!("key = {KEY}")}})),
+            ..Default::default()
+        };
+        let out = sanitize(s);
+        let text = serde_json::to_string(&out).unwrap();
+        assert!(!text.contains("AQBHk2Vm"), "a key left the process");
+        let m = out.conditions[0].message.as_deref().unwrap();
+        assert!(m.len() <= crate::redact::MAX_MESSAGE);
+        assert!(
+            m.starts_with("rbd: failed to decode key '[redacted]'"),
+            "{m}"
+        );
+        let archived = out.retries_status[0]["conditions"][0]["message"]
+            .as_str()
+            .unwrap();
+        assert!(archived.len() <= crate::redact::MAX_MESSAGE);
+        assert!(text.len() < 4 * 1024, "{} bytes", text.len());
     }
 }

@@ -11,30 +11,32 @@ use kube::runtime::events::{Event, EventType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
 use super::Context;
 use super::secrets::read_connection;
-use super::status::{StatusWriter, unless_done};
+use super::status::{StatusError, StatusWriter, unless_done};
+pub use super::tasks::{StopCause, Stopper};
 use crate::api::{Action, Flavor, RunStatus, TektonRun};
 use crate::ceph::connection::{Connection, materialize};
+use crate::ceph::image::{check_namespace, check_pool};
 use crate::ceph::{Ceph, ImageSpec};
 use crate::contract;
 use crate::step::execute::mirror_images;
 use crate::step::outcome::{results, summary};
+use crate::step::resolve::{MAX_CONCURRENCY, MAX_IMAGES};
 use crate::step::{
     Checkpoint, Execution, Failure, Progress, Reason, ResolvedStep, Selection, Sites, StepEnd,
     execute,
 };
 
-/// Why a task was told to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopCause {
-    Cancelled,
-    TimedOut,
-}
+/// The layout of `status.extraFields` this controller writes. Version 1 is
+/// the same record without a `version` field (releases before it existed).
+pub const EXTRA_VERSION: u64 = 2;
 
-/// What this controller keeps in the run's `status.extraFields`.
+/// What this controller keeps in the run's `status.extraFields`: the resume
+/// record. It is read back after a restart, and anyone who can patch the
+/// status can edit it, so it is checked before it is trusted.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Extra {
     pub step: Option<ResolvedStep>,
@@ -42,18 +44,99 @@ pub struct Extra {
     pub progress: Progress,
 }
 
+/// Why a run's resume record cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("status.extraFields is not a resume record this controller can read: {0}")]
+    Parse(#[source] serde_json::Error),
+    #[error(
+        "status.extraFields has version {0}; this controller reads versions 1 to {EXTRA_VERSION} (was the run written by a newer release?)"
+    )]
+    Version(Value),
+    #[error("the run's resolved step is missing from status.extraFields")]
+    Missing,
+    #[error("the resolved step in status.extraFields no longer validates: {0}")]
+    Invalid(String),
+}
+
+use serde_json::Value;
+
 impl Extra {
+    /// Reads the record, of either version; `None` when there is none.
+    pub fn read(status: &RunStatus) -> Result<Option<Extra>, ResumeError> {
+        let Some(v) = status.extra_fields.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        match v.get("version") {
+            None => {}
+            Some(n) if n.as_u64().is_some_and(|n| (1..=EXTRA_VERSION).contains(&n)) => {}
+            Some(other) => return Err(ResumeError::Version(other.clone())),
+        }
+        serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(ResumeError::Parse)
+    }
+
+    /// The record, or an empty one when it cannot be read: for reporting
+    /// (results of a cancelled run), where a bad record only costs detail.
     pub fn of(status: &RunStatus) -> Extra {
-        status
-            .extra_fields
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
+        Extra::read(status).ok().flatten().unwrap_or_default()
     }
 
     pub fn store(&self, status: &mut RunStatus) {
-        status.extra_fields = Some(json!({"step": self.step, "progress": self.progress}));
+        status.extra_fields = Some(json!({
+            "version": EXTRA_VERSION,
+            "step": self.step,
+            "progress": self.progress,
+        }));
     }
+
+    /// The step to resume, checked as strictly as when it was resolved: the
+    /// executor relies on names being valid (it is never handed one that is not).
+    pub fn resumable(status: &RunStatus) -> Result<(ResolvedStep, Progress), ResumeError> {
+        let extra = Extra::read(status)?.ok_or(ResumeError::Missing)?;
+        let step = extra.step.ok_or(ResumeError::Missing)?;
+        check_resolved(&step, &extra.progress).map_err(ResumeError::Invalid)?;
+        Ok((step, extra.progress))
+    }
+}
+
+/// The checks `validate` made when the step was resolved, on what a resumed
+/// run will act on (the listed images of an allImages step included).
+fn check_resolved(step: &ResolvedStep, progress: &Progress) -> Result<(), String> {
+    if step.cluster.trim().is_empty() {
+        return Err("no cluster".into());
+    }
+    if !(1..=MAX_CONCURRENCY).contains(&step.concurrency) {
+        return Err(format!(
+            "concurrency {} is not between 1 and {MAX_CONCURRENCY}",
+            step.concurrency
+        ));
+    }
+    if !step.pool.is_empty() {
+        check_pool(&step.pool).map_err(|e| e.to_string())?;
+    }
+    if let Some(ns) = &step.rados_namespace {
+        check_namespace(ns).map_err(|e| e.to_string())?;
+    }
+    let names: Vec<&str> = match &step.selection {
+        Selection::Images(l) => l.iter().map(|i| i.0.as_str()).collect(),
+        Selection::AllImages => progress
+            .images
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect(),
+    };
+    if names.len() > MAX_IMAGES {
+        return Err(format!("{} images; at most {MAX_IMAGES}", names.len()));
+    }
+    crate::step::resolve::check_name_budget(names.iter().copied()).map_err(|e| e.0)?;
+    for n in names {
+        ImageSpec::parse(n, &step.pool, step.rados_namespace.as_deref())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 pub fn verb(action: Action) -> &'static str {
@@ -77,29 +160,40 @@ fn image_count(step: &ResolvedStep, progress: &Progress) -> usize {
     }
 }
 
-/// The run a task owns is the one its `writer` writes.
+/// The run a task owns is the one its `writer` writes (by UID).
 pub struct TaskSpec {
-    pub id: u64,
-    pub token: CancellationToken,
-    pub cause: Arc<Mutex<Option<StopCause>>>,
+    pub stopper: Stopper,
     pub writer: Arc<StatusWriter>,
 }
 
+/// The task's body; the task table (tasks.rs) spawns it in the run's span,
+/// catches a panic and removes it from the table however it ends.
 pub async fn run(ctx: Arc<Context>, t: TaskSpec) {
-    let (flavor, namespace, name) = t.writer.key();
-    let span =
-        tracing::info_span!("run", namespace = %namespace, name = %name, kind = flavor.kind());
-    async {
-        if let Err(e) = attempts(&ctx, &t).await {
-            warn!(error = %e, "task ended without writing a final status; reconcile will resume it");
+    match attempts(&ctx, &t).await {
+        Ok(()) => {}
+        Err(e) if e.is_gone() => {
+            info!(error = %e, "the run is gone: its task ends without writing")
         }
-        ctx.forget(flavor, namespace, name, t.id);
+        Err(e) => {
+            warn!(error = %crate::redact::message(&e.to_string()), "task ended without writing a final status; reconcile will resume it")
+        }
     }
-    .instrument(span)
-    .await
 }
 
-async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status::StatusError> {
+/// Ends the run of a task that panicked, so that it does not hang forever.
+pub async fn fail_after_panic(ctx: &Context, writer: &StatusWriter, panic: &str) {
+    let message = format!(
+        "the controller failed internally while running this step ({panic}); the step's progress is in status.extraFields, other runs are unaffected"
+    );
+    match writer.fail(Reason::InternalError, &message).await {
+        Ok(written) => ctx.final_event(&written).await,
+        Err(e) => {
+            warn!(error = %crate::redact::message(&e.to_string()), "could not fail the run of a panicked task")
+        }
+    }
+}
+
+async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), StatusError> {
     let writer = t.writer.clone();
     loop {
         // Right after this controller's own write (the start, a retry) that
@@ -108,38 +202,40 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status:
         if contract::is_done(&run.status) {
             return Ok(());
         }
-        let extra = Extra::of(&run.status);
-        let Some(step) = extra.step.clone() else {
-            writer
-                .fail_invalid("the run's resolved step is missing from status.extraFields")
-                .await?;
-            return Ok(());
+        // Checked before any Ceph call: an edited or foreign record must end
+        // the run with a reason, not reach the executor.
+        let (step, resumed) = match Extra::resumable(&run.status) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %crate::redact::message(&e.to_string()), "unreadable resume record");
+                let written = writer.fail(Reason::InternalError, &e.to_string()).await?;
+                ctx.final_event(&written).await;
+                return Ok(());
+            }
         };
         let timeout = contract::timeout(&run).ok().flatten();
         let deadline = contract::deadline(&run, timeout);
-        let attempt_token = t.token.child_token();
+        let attempt = t.stopper.child();
+        let attempt_token = attempt.token.clone();
         let timer = deadline.map(|d| {
-            let (token, cause) = (attempt_token.clone(), t.cause.clone());
+            let attempt = attempt.clone();
             tokio::spawn(async move {
                 let wait = d.duration_since(Timestamp::now());
                 let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
                 tokio::time::sleep(wait).await;
-                cause
-                    .lock()
-                    .expect("cause")
-                    .get_or_insert(StopCause::TimedOut);
-                token.cancel();
+                attempt.stop(StopCause::TimedOut);
             })
         });
-        let progress = Arc::new(Mutex::new(extra.progress.clone()));
+        let progress = Arc::new(Mutex::new(resumed));
         let started = std::time::Instant::now();
-        let exec = attempt(
+        let exec = attempt_once(
             ctx,
             &run,
             &step,
             progress.clone(),
             attempt_token.clone(),
             writer.clone(),
+            t.stopper.clone(),
         )
         .await;
         if let Some(timer) = timer {
@@ -148,7 +244,7 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status:
         let exec = match exec {
             Ok(e) => e,
             Err(f) => Execution {
-                end: if t.token.is_cancelled() || attempt_token.is_cancelled() {
+                end: if t.stopper.token.is_cancelled() || attempt_token.is_cancelled() {
                     StepEnd::Stopped
                 } else {
                     StepEnd::Failed(f)
@@ -158,7 +254,12 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), super::status:
                 elapsed: started.elapsed(),
             },
         };
-        let cause = t.cause.lock().expect("cause").take();
+        let cause = t.stopper.take_cause();
+        if cause == Some(StopCause::Deleted) {
+            // Whatever object now has the run's name is not this task's.
+            info!("the run was deleted: its task stops without writing");
+            return Ok(());
+        }
         let retried = finish(ctx, &writer, &step, exec, cause).await?;
         if !retried {
             return Ok(());
@@ -264,7 +365,9 @@ async fn finish(
     let cond = contract::succeeded_condition(&written.status)
         .cloned()
         .unwrap_or_default();
+    // The message was sanitized on its way into the status.
     info!(status = %cond.status, reason = cond.reason.as_deref().unwrap_or(""), message = cond.message.as_deref().unwrap_or(""), "attempt ended");
+    ctx.final_event(&written).await;
     if !exec.progress.forced.is_empty() {
         let note: Vec<String> = exec
             .progress
@@ -291,6 +394,8 @@ async fn finish(
 /// a ticker for the rest (at most one write per interval, whatever N is).
 struct RunCheckpoint {
     writer: Arc<StatusWriter>,
+    /// Stops the task when its run turns out to be gone.
+    stopper: Stopper,
     step: ResolvedStep,
     progress: Arc<Mutex<Progress>>,
     last: Mutex<Option<Progress>>,
@@ -313,7 +418,12 @@ impl RunCheckpoint {
                 })
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if e.is_gone() {
+                    self.stopper.stop(StopCause::Deleted);
+                }
+                e.to_string()
+            })?;
         *self.last.lock().expect("last") = Some(p);
         Ok(())
     }
@@ -342,13 +452,14 @@ async fn connect(ctx: &Context, run: &TektonRun, secret: &str) -> Result<Connect
         .map_err(|e| Failure::new(Reason::InvalidSecret, e.to_string()))
 }
 
-async fn attempt(
+async fn attempt_once(
     ctx: &Arc<Context>,
     run: &TektonRun,
     step: &ResolvedStep,
     progress: Arc<Mutex<Progress>>,
     token: CancellationToken,
     writer: Arc<StatusWriter>,
+    stopper: Stopper,
 ) -> Result<Execution, Failure> {
     let (local, peer) = tokio::join!(connect(ctx, run, &step.cluster), async {
         match &step.peer_cluster {
@@ -381,6 +492,19 @@ async fn attempt(
                         _ = token.cancelled() => return Err(Failure::new(Reason::CephError, "stopped")),
                         r = mirror_images(step, &sites.local, &step.cluster) => r?,
                     };
+                    // A pool's listing has no cap of its own: bound it like a named list.
+                    if list.len() > MAX_IMAGES {
+                        return Err(Failure::new(
+                            Reason::InvalidParams,
+                            format!(
+                                "pool {} has {} mirrored images; one step acts on at most {MAX_IMAGES}: name them in lists over several steps",
+                                step.pool,
+                                list.len()
+                            ),
+                        ));
+                    }
+                    crate::step::resolve::check_name_budget(list.iter().map(String::as_str))
+                        .map_err(|e| Failure::new(Reason::InvalidParams, e.0))?;
                     progress.lock().expect("progress").images = Some(list.clone());
                     list
                 }
@@ -389,6 +513,7 @@ async fn attempt(
     };
     let checkpoint = Arc::new(RunCheckpoint {
         writer,
+        stopper,
         step: step.clone(),
         progress: progress.clone(),
         last: Mutex::new(None),
@@ -403,7 +528,7 @@ async fn attempt(
             loop {
                 tick.tick().await;
                 if let Err(e) = cp.write().await {
-                    warn!(error = %e, "progress not written");
+                    warn!(error = %crate::redact::message(&e), "progress not written");
                 }
             }
         })
@@ -440,6 +565,51 @@ impl Drop for AbortOnDrop {
 }
 
 impl Context {
+    /// The event of a run that a write just finished (or moved on): Normal
+    /// `Succeeded`, Warning `Failed` (and `SplitBrain` when that is why).
+    /// Nothing for a run still running.
+    pub async fn final_event(&self, run: &TektonRun) {
+        let Some(c) = contract::succeeded_condition(&run.status) else {
+            return;
+        };
+        let reason = c.reason.as_deref().unwrap_or("");
+        let message = c.message.as_deref().unwrap_or("");
+        match c.status.as_str() {
+            "True" => {
+                self.event(run, EventType::Normal, "Succeeded", message)
+                    .await
+            }
+            "False" => {
+                if reason == Reason::SplitBrain.as_str() {
+                    self.event(run, EventType::Warning, "SplitBrain", message)
+                        .await;
+                }
+                self.event(
+                    run,
+                    EventType::Warning,
+                    "Failed",
+                    &format!("{reason}: {message}"),
+                )
+                .await
+            }
+            _ => {}
+        }
+    }
+
+    /// A run's step found that another actor changed an image it had
+    /// claimed (a lost claim): the step stops acting on it.
+    pub async fn acted_by_another(&self, run: &TektonRun, image: &str, detail: &str) {
+        self.event(
+            run,
+            EventType::Warning,
+            "ActedByAnother",
+            &format!("another actor acted on {image}: {detail}"),
+        )
+        .await
+    }
+
+    /// Publishes an event about `run`. The recorder aggregates repeats of one
+    /// reason for one run into a series instead of new events.
     pub async fn event(&self, run: &TektonRun, type_: EventType, reason: &str, note: &str) {
         let reference = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some(match run.flavor {
@@ -455,7 +625,8 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
+            // events.k8s.io/v1 refuses notes over 1 KiB.
+            note: Some(crate::redact::message(note)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -486,4 +657,89 @@ pub async fn execute_direct<C: Ceph>(
         Default::default(),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `status.extraFields` as the last release (no `version` field) wrote
+    /// it: its `Extra::store` output for a resync half done.
+    const V1_RECORD: &str = r#"{"progress":{"done":{"replicapool/csi-vol-0001":{"outcome":"resynced","state":{"lastSync":"2026-11-27T12:00:00Z","role":"non-primary","state":"up+replaying"}}},"resyncIssued":{"replicapool/csi-vol-0002":"1a2b3c4d5e6f"},"waiting":"waiting for replicapool/csi-vol-0002 to replay"},"step":{"action":"resync","cluster":"site-a","concurrency":8,"force":false,"peerCluster":"site-b","pool":"replicapool","selection":{"images":["replicapool/csi-vol-0001","replicapool/csi-vol-0002"]}}}"#;
+
+    fn status_with(extra: Value) -> RunStatus {
+        RunStatus {
+            extra_fields: Some(extra),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_of_the_last_release_resumes() {
+        let s = status_with(serde_json::from_str(V1_RECORD).unwrap());
+        let (step, progress) = Extra::resumable(&s).unwrap();
+        assert_eq!(step.action, Action::Resync);
+        assert_eq!(step.cluster, "site-a");
+        assert_eq!(step.images().len(), 2);
+        // The write-ahead record survives: the resync is never issued twice.
+        assert_eq!(
+            progress
+                .resync_issued
+                .get("replicapool/csi-vol-0002")
+                .map(String::as_str),
+            Some("1a2b3c4d5e6f")
+        );
+        assert_eq!(progress.done.len(), 1);
+        // Written back, it carries the current version and reads the same.
+        let mut again = RunStatus::default();
+        Extra {
+            step: Some(step.clone()),
+            progress: progress.clone(),
+        }
+        .store(&mut again);
+        assert_eq!(
+            again.extra_fields.as_ref().unwrap()["version"],
+            EXTRA_VERSION
+        );
+        let (step2, progress2) = Extra::resumable(&again).unwrap();
+        assert_eq!((step2, progress2), (step, progress));
+    }
+
+    #[test]
+    fn an_unreadable_record_is_refused_before_any_ceph_call() {
+        let mut v: Value = serde_json::from_str(V1_RECORD).unwrap();
+        v["version"] = json!(3);
+        assert!(matches!(
+            Extra::resumable(&status_with(v)),
+            Err(ResumeError::Version(_))
+        ));
+        let v = json!({"version": 2, "step": {"action": "teleport"}});
+        assert!(matches!(
+            Extra::resumable(&status_with(v)),
+            Err(ResumeError::Parse(_))
+        ));
+        assert!(matches!(
+            Extra::resumable(&RunStatus::default()),
+            Err(ResumeError::Missing)
+        ));
+        // An edited image name would reach the executor's names-are-valid invariant.
+        let mut v: Value = serde_json::from_str(V1_RECORD).unwrap();
+        v["step"]["selection"]["images"][0] = json!("replicapool/--bad name");
+        let e = Extra::resumable(&status_with(v)).unwrap_err();
+        assert!(matches!(e, ResumeError::Invalid(_)), "{e}");
+        let mut v: Value = serde_json::from_str(V1_RECORD).unwrap();
+        v["step"]["concurrency"] = json!(0);
+        assert!(matches!(
+            Extra::resumable(&status_with(v)),
+            Err(ResumeError::Invalid(_))
+        ));
+        let mut v: Value = serde_json::from_str(V1_RECORD).unwrap();
+        v["step"]["selection"] = json!("allImages");
+        v["progress"]["images"] = json!(["replicapool/ok", "replicapool/a b"]);
+        assert!(matches!(
+            Extra::resumable(&status_with(v)),
+            Err(ResumeError::Invalid(_))
+        ));
+    }
 }

@@ -13,6 +13,26 @@ pub const DEFAULT_CONCURRENCY: u32 = 8;
 pub const MAX_CONCURRENCY: u32 = 64;
 /// Bounds what one run may name, so results stay small enough for a status.
 pub const MAX_IMAGES: usize = 500;
+/// Bounds the bytes of the image names (`pool/[namespace/]image`) one run
+/// acts on. Each name appears in four results and twice in extraFields, and
+/// MAX_IMAGES names of the longest valid length (506 bytes) would make a
+/// status of about 2 MB, over etcd's default object limit (1.5 MiB).
+pub const MAX_NAME_BYTES: usize = 32 * 1024;
+
+/// Refuses a selection whose names exceed MAX_NAME_BYTES.
+pub fn check_name_budget<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), InvalidParams> {
+    let (count, bytes) = names
+        .into_iter()
+        .fold((0usize, 0usize), |(n, b), s| (n + 1, b + s.len()));
+    if bytes > MAX_NAME_BYTES {
+        return invalid(format!(
+            "the {count} image names take {bytes} bytes; one step acts on at most {MAX_NAME_BYTES} bytes of names (its results must fit in the run's status): split the images over several steps"
+        ));
+    }
+    Ok(())
+}
 
 /// Which images a step acts on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -286,6 +306,7 @@ pub fn validate(spec: &RbdMirrorStepSpec) -> Result<ResolvedStep, InvalidParams>
                     specs.push(repr);
                 }
             }
+            check_name_budget(specs.iter().map(|s| s.0.as_str()))?;
             Selection::Images(specs)
         }
         (Some(list), true) if !list.is_empty() => {
@@ -391,6 +412,17 @@ mod tests {
             (s.action, s.cluster.as_str(), s.concurrency),
             (Action::Demote, "site-b", 2)
         );
+    }
+
+    #[test]
+    fn names_beyond_the_byte_budget_are_refused() {
+        let mut ps = base();
+        let long: Vec<String> = (0..MAX_IMAGES).map(|i| format!("{i:0>250}")).collect();
+        ps[3] = p("images", json!(long));
+        let e = resolve(&ps).unwrap_err();
+        assert!(e.0.contains("bytes of names"), "{e}");
+        ps[3] = p("images", json!(long[..100].to_vec()));
+        assert!(resolve(&ps).is_ok());
     }
 
     #[test]
