@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# Faults for the tests: a site frozen and thawed, single daemons stopped and
+# started. Sourced by tests/lab/lab.
+
+site_daemons() { echo "ceph-$1-rbd-mirror ceph-$1-osd ceph-$1-mgr ceph-$1-mon"; }
+
+cmd_signal() {
+  local sig=$1 site=${2:-}
+  site=${site#site-}
+  [[ $site == a || $site == b ]] || die "usage: lab freeze|thaw site-a|site-b"
+  for d in $(site_daemons "$site"); do
+    alive "$d" && kill "-$sig" "$(cat "$LAB_DIR/pids/$d.pid")"
+  done
+  log "site-$site: sent SIG$sig to every daemon"
+}
+
+# A thawed site is only useful to a test once it serves I/O and its
+# rbd-mirror reports again. After a freeze the OSD's placement groups can
+# stay "laggy" for good (their read lease expired while frozen): every op on
+# them blocks, rbd-mirror included (seen: 106 slow ops, rbd-mirror silent
+# even after a restart). Marking the OSD down makes it re-peer and clears
+# that within seconds; an rbd-mirror still silent after it is restarted.
+pgs_in() { timeout 10 ceph -c "$(cconf "$1")" pg ls "$2" -f json 2>/dev/null | jq '.pg_stats | length'; }
+pgs_serving() { [[ $(pgs_in "$1" laggy) == 0 && $(pgs_in "$1" peering) == 0 ]]; }
+
+cmd_thaw() {
+  local site=${1:-}
+  cmd_signal CONT "$site"
+  site=${site#site-}
+  wait_for 60 "site-$site osd up after thaw" osd_up "$site"
+  local end=$((SECONDS + 10))
+  until pgs_serving "$site"; do
+    if ((SECONDS >= end)); then
+      log "site-$site: placement groups laggy after thaw, marking osd.$OSD_ID down to re-peer"
+      timeout 10 ceph -c "$(cconf "$site")" osd down "$OSD_ID" >/dev/null 2>&1 || true
+      wait_for 60 "site-$site osd up after re-peering" osd_up "$site"
+      wait_for 60 "site-$site placement groups serving" pgs_serving "$site"
+      break
+    fi
+    sleep 0.5
+  done
+  end=$((SECONDS + 45))
+  until mirror_reporting "$site" >/dev/null 2>&1; do
+    if ((SECONDS >= end)); then
+      log "site-$site: rbd-mirror does not report 45s after thaw, restarting it"
+      stop_daemon "ceph-$site-rbd-mirror" 10
+      start_ceph "$site" rbd-mirror
+      wait_for 90 "rbd-mirror reporting on site-$site after restart" mirror_reporting "$site"
+      break
+    fi
+    sleep 0.5
+  done
+  log "site-$site: serving and its rbd-mirror reporting"
+}
+
+cmd_stopstart() {
+  local verb=$1 site=${2:-}; shift 2 || true
+  site=${site#site-}
+  [[ $site == a || $site == b ]] || die "usage: lab stop|start site-a|site-b [mon mgr osd rbd-mirror]"
+  local which=("$@")
+  ((${#which[@]})) || which=(rbd-mirror osd mgr mon)
+  if [[ $verb == stop ]]; then
+    for w in rbd-mirror osd mgr mon; do
+      [[ " ${which[*]} " == *" $w "* ]] && stop_daemon "ceph-$site-$w" 30
+    done
+  else
+    for w in mon mgr osd rbd-mirror; do
+      [[ " ${which[*]} " == *" $w "* ]] || continue
+      start_ceph "$site" "$w"
+    done
+  fi
+}

@@ -1,0 +1,61 @@
+# shellcheck shell=bash
+# Kubernetes: certificates, etcd, kube-apiserver. Sourced by tests/lab/lab.
+
+mk_certs() {
+  local d=$LAB_DIR/kube
+  [[ -f $d/ca.crt ]] && return 0
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=rbd-mirror-step-lab-ca" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$d/san.ext"
+  openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
+  # Admin: a client certificate in system:masters, like envtest provisions.
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=lab-admin" -keyout "$d/admin.key" -out "$d/admin.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$d/client.ext"
+  openssl x509 -req -in "$d/admin.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$d/client.ext" -out "$d/admin.crt" 2>/dev/null
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  chmod 600 "$d"/*.key
+  cat >"$d/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $d/ca.crt
+users:
+- name: lab-admin
+  user:
+    client-certificate: $d/admin.crt
+    client-key: $d/admin.key
+contexts:
+- name: lab
+  context: {cluster: lab, user: lab-admin, namespace: default}
+current-context: lab
+EOF
+}
+
+kube_up() {
+  local d=$LAB_DIR/kube
+  mk_certs
+  mkdir -p "$LAB_DIR/etcd"
+  start_daemon etcd "$LAB_DIR" "$ETCD_BIN" --name lab --data-dir "$LAB_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-cluster "lab=http://127.0.0.1:$((ETCD_PORT + 1))" --unsafe-no-fsync --log-level warn
+  wait_for 30 "etcd health" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+  start_daemon kube-apiserver "$LAB_DIR" "$APISERVER_BIN" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \
+    --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" --client-ca-file "$d/ca.crt" \
+    --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC --allow-privileged=true \
+    --disable-admission-plugins ServiceAccount \
+    --service-account-issuer "https://127.0.0.1:$API_PORT" --service-account-key-file "$d/sa.pub" \
+    --service-account-signing-key-file "$d/sa.key" --api-audiences "https://127.0.0.1:$API_PORT"
+  wait_for 120 "kube-apiserver /readyz" kctl get --raw /readyz
+}
+
+kctl() { kubectl --kubeconfig "$LAB_DIR/kube/kubeconfig" "$@"; }
