@@ -6,4 +6,5 @@ pub mod ceph;
 pub mod contract;
 pub mod controller;
 pub mod metrics;
+pub mod sim;
 pub mod step;
