@@ -151,7 +151,7 @@ struct Attempted {
 /// One controller running one step to its end: resumed from the persisted
 /// progress after a kill (restart 2 s later, faults.md A), retried with the
 /// run's progress after a retryable failure.
-async fn run_step(sim: &mut Sim, st: &StepSpec, opts: &Options, resumes: bool) -> Attempted {
+async fn run_step(sim: &Sim, st: &StepSpec, opts: &Options, resumes: bool) -> Attempted {
     let step = resolved(st);
     let sites = Sites {
         local: sim.site(st.site),
@@ -228,7 +228,7 @@ async fn run_step(sim: &mut Sim, st: &StepSpec, opts: &Options, resumes: bool) -
 
 /// Runs a scenario and checks its expectations and invariants I1–I4.
 pub async fn run(sc: &Scenario, opts: &Options) -> Report {
-    let mut sim = Sim::new(opts.config.clone());
+    let sim = Sim::new(opts.config.clone());
     for img in &sc.images {
         sim.add_image(POOL, img, sc.mode, Site::A);
     }
@@ -267,14 +267,13 @@ pub async fn run(sc: &Scenario, opts: &Options) -> Report {
             })
         };
         let runs: Vec<Attempted> = if opts.twin {
-            let (mut s1, mut s2) = (sim.clone(), sim.clone());
             let (a, b) = tokio::join!(
-                run_step(&mut s1, st, opts, true),
-                run_step(&mut s2, st, opts, true)
+                run_step(&sim, st, opts, true),
+                run_step(&sim, st, opts, true)
             );
             vec![a, b]
         } else {
-            vec![run_step(&mut sim, st, opts, true).await]
+            vec![run_step(&sim, st, opts, true).await]
         };
         let _ = during.await;
         for r in &runs {

@@ -283,6 +283,8 @@ struct World {
     in_flight: BTreeMap<(Site, String), u32>,
     overlaps: Vec<String>,
     topology_changed: Instant,
+    /// Cancelled when a crash plan kills the caller; replaced by `revive`.
+    killed: CancellationToken,
 }
 
 type Refusal = (i32, String);
@@ -928,7 +930,6 @@ impl World {
 #[derive(Clone)]
 pub struct Sim {
     w: Arc<Mutex<World>>,
-    killed: CancellationToken,
 }
 
 /// One site of a [`Sim`], as a `Ceph` backend.
@@ -978,8 +979,8 @@ impl Sim {
                 in_flight: BTreeMap::new(),
                 overlaps: vec![],
                 topology_changed: now,
+                killed: CancellationToken::new(),
             })),
-            killed: CancellationToken::new(),
         }
     }
 
@@ -1156,37 +1157,45 @@ impl Sim {
 
     /// Fires when a crash plan killed the caller.
     pub fn killed(&self) -> CancellationToken {
-        self.killed.clone()
+        self.world().killed.clone()
     }
 
-    /// Resets the kill (a new process starts) and the await-point count.
-    pub fn revive(&mut self) {
-        self.killed = CancellationToken::new();
+    /// A new process starts: calls work again, and the plan is spent.
+    pub fn revive(&self) {
         let mut w = self.world();
+        w.killed = CancellationToken::new();
         w.crash = None;
-        w.points = 0;
     }
 
     /// An await point of the caller (Ceph calls use it; a checkpoint should
     /// too): returns its index, or never returns when the plan kills here.
     pub async fn point(&self, when: Crash, index: Option<u32>) -> u32 {
-        if self.killed.is_cancelled() {
-            std::future::pending::<()>().await;
-        }
-        let (n, kill) = {
+        let state = {
             let mut w = self.world();
-            let n = match index {
-                Some(n) => n,
-                None => {
-                    w.points += 1;
-                    w.points - 1
-                }
-            };
-            (n, w.crash == Some(CrashPlan { at: n, when }))
+            if w.killed.is_cancelled() {
+                None
+            } else {
+                let n = match index {
+                    Some(n) => n,
+                    None => {
+                        w.points += 1;
+                        w.points - 1
+                    }
+                };
+                Some((
+                    n,
+                    w.crash == Some(CrashPlan { at: n, when }),
+                    w.killed.clone(),
+                ))
+            }
+        };
+        let Some((n, kill, killed)) = state else {
+            // Dead processes make no calls.
+            return std::future::pending().await;
         };
         if kill {
-            self.killed.cancel();
-            std::future::pending::<()>().await;
+            killed.cancel();
+            return std::future::pending().await;
         }
         n
     }
