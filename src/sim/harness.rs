@@ -47,6 +47,8 @@ pub struct Options {
     pub deadline: Duration,
     /// Run every step twice at once (two controllers, no coordination).
     pub twin: bool,
+    /// The second controller starts this much later.
+    pub twin_delay: Duration,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             retries: 0,
             deadline: Duration::from_secs(120),
             twin: false,
+            twin_delay: Duration::ZERO,
         }
     }
 }
@@ -267,10 +270,11 @@ pub async fn run(sc: &Scenario, opts: &Options) -> Report {
             })
         };
         let runs: Vec<Attempted> = if opts.twin {
-            let (a, b) = tokio::join!(
-                run_step(&sim, st, opts, true),
-                run_step(&sim, st, opts, true)
-            );
+            let second = async {
+                tokio::time::sleep(opts.twin_delay).await;
+                run_step(&sim, st, opts, true).await
+            };
+            let (a, b) = tokio::join!(run_step(&sim, st, opts, true), second);
             vec![a, b]
         } else {
             vec![run_step(&sim, st, opts, true).await]

@@ -810,8 +810,9 @@ impl World {
             ));
         }
         let img = self.images.get_mut(key).expect("image");
-        if img.resync[x.i()].is_some() {
-            // Already flagged: the daemon makes one copy for both.
+        if matches!(img.resync[x.i()], Some((Stage::Flagged, _))) {
+            // Already flagged: the daemon makes one copy for both. A copy
+            // re-created since is a new image: flagging it copies again.
             return Ok(false);
         }
         img.resync[x.i()] = Some((Stage::Flagged, Instant::now()));
