@@ -10,7 +10,8 @@
 //! * `two_executors_*`: two uncoordinated controllers on the same images.
 //! * `random_fault_schedules`: seeded crash + fault schedules; more with
 //!   `MODEL_FAULT_SCHEDULES=10000 cargo test --test model_faults -- random`
-//!   (and `MODEL_FAULT_SEED=n` to replay one seed).
+//!   (`MODEL_FAULT_SEED=n` for another seed, `MODEL_FAULT_VERBOSE=1` to
+//!   print every failing schedule).
 
 use std::time::Duration;
 
@@ -302,7 +303,11 @@ async fn random_fault_schedules() {
         }
     }
     let mut by_scenario = std::collections::BTreeMap::<&str, usize>::new();
+    let verbose = std::env::var_os("MODEL_FAULT_VERBOSE").is_some();
     for f in &failures {
+        if verbose {
+            eprintln!("{f}\n");
+        }
         let name = f
             .split("scenario ")
             .nth(1)
