@@ -7,4 +7,5 @@ pub mod contract;
 pub mod controller;
 pub mod metrics;
 pub mod redact;
+pub mod sim;
 pub mod step;
