@@ -90,6 +90,8 @@ fn end_of(e: &StepEnd) -> End {
         StepEnd::Failed(f) => End::Failed(f.reason),
         // Nothing cancels these runs: a stop is a violation, shown as a wait.
         StepEnd::Stopped => End::Waits,
+        // The harness's checkpoint never refuses a claim.
+        StepEnd::Lost(_) => End::Waits,
     }
 }
 

@@ -1527,6 +1527,26 @@ impl Ceph for SimSite {
             .await
             .map(drop)
     }
+    /// `image-meta set` + `remove` on a journal-mode image: journaled
+    /// operations, so the journal gets an entry (modelled as one more item
+    /// in the log, replicated like any other); the image's data is unchanged.
+    async fn journal_marker(&self, img: &ImageSpec) -> Result<(), RbdError> {
+        let key = img.to_string();
+        self.sim
+            .call::<Value>(self.site, Op::JournalMarker, &key, |w, now| {
+                let (im, c) = w.mirrored(&key, self.site)?;
+                if promotion(&c.log, self.site, im.mode) != Promotion::Primary {
+                    return Err((
+                        30,
+                        "rbd: failed to set metadata: (30) Read-only file system\n".into(),
+                    ));
+                }
+                w.push(&key, self.site, Kind::Write, now);
+                Ok(Value::Null)
+            })
+            .await
+            .map(drop)
+    }
 }
 
 #[cfg(test)]

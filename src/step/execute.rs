@@ -639,6 +639,8 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                 return self.observe(img, "already-primary").await;
             }
             let peer_primary = self.peer_primary(img).await?;
+            // The local replayer's state while it still handles the demotion.
+            let mut replayer: Option<String> = None;
             let arrived = match info.mode() {
                 Some(MirrorMode::Journal) => {
                     let Some(peer) = &self.sites.peer else {
@@ -654,7 +656,26 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                         false
                     } else {
                         match self.read(peer.journal_status(img)).await? {
-                            Ok(j) => j.peers_caught_up(),
+                            // Caught up is not enough: the local rbd-mirror
+                            // must also have finished with the demotion. A
+                            // promote while its replayer is still stopping
+                            // (within ~1 s of the demotion arriving; Ceph
+                            // accepts it) left the old primary in
+                            // "split-brain detected" on the lab, 1 time in 3.
+                            // Ceph's own QA waits for up+unknown on the
+                            // promoting side first (qa/workunits/rbd/rbd_mirror_journal.sh).
+                            Ok(j) if j.peers_caught_up() => {
+                                let state = self
+                                    .local_status(img)
+                                    .await?
+                                    .map(|s| s.state)
+                                    .unwrap_or_default();
+                                if state != "up+unknown" {
+                                    replayer = Some(state);
+                                }
+                                replayer.is_none()
+                            }
+                            Ok(_) => false,
                             Err(e) if e.kind == RbdErrorKind::Unavailable => {
                                 return Err(ImageEnd::Failed(Failure::new(
                                     Reason::PeerUnavailable,
@@ -728,8 +749,11 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                     }
                 }
             }
-            let why = match peer_primary {
-                Some(true) => format!("{peer_name} is still primary"),
+            let why = match (peer_primary, replayer) {
+                (Some(true), _) => format!("{peer_name} is still primary"),
+                (_, Some(state)) => format!(
+                    "rbd-mirror on {site} is still finishing the replay of {peer_name}'s demotion ({state})"
+                ),
                 _ => format!("{peer_name}'s demotion has not arrived yet"),
             };
             self.set_waiting(format!("waiting to promote {img} on {site}: {why}"));
@@ -792,6 +816,8 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             .resync_issued
             .get(&key)
             .cloned();
+        // A send that failed may or may not have taken effect.
+        let mut unsure = false;
         let old_id = match recorded {
             // Recorded by an earlier attempt or controller: it may or may
             // not have been sent (a crash between the record and the call,
@@ -804,7 +830,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                     && info.id == id
                     && info.is_primary() == Some(false)
                 {
-                    self.send_resync(img, &site).await?;
+                    unsure = !self.send_resync(img, &site).await?;
                 }
                 id
             }
@@ -832,7 +858,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                         format!("could not record the resync of {img} before issuing it: {e}"),
                     ))
                 })?;
-                self.send_resync(img, &site).await?;
+                unsure = !self.send_resync(img, &site).await?;
                 info.id
             }
         };
@@ -841,8 +867,17 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         // (ceph-lab.md P14): after a recorded resync that means "in
         // progress", never a failure.
         let mut attempt = 0;
+        let since = Instant::now();
         loop {
             match self.read(self.sites.local.info(img)).await? {
+                // rbd-mirror takes a resync up within seconds; a failed send
+                // that still shows the old id after this long did not land:
+                // send it again (harmless while the id is unchanged).
+                Ok(info)
+                    if unsure && info.id == old_id && since.elapsed() > RESYNC_UNSURE_AFTER =>
+                {
+                    unsure = !self.send_resync(img, &site).await?;
+                }
                 Ok(info) if info.id != old_id && info.is_primary() == Some(false) => {
                     let status = self.local_status(img).await?;
                     if status.as_ref().is_some_and(|s| s.state == "up+replaying") {
@@ -874,12 +909,14 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
 
     /// Sends a resync whose intent is already recorded: from here it is
     /// issued even if a cancel arrives (the record says it may have been).
-    async fn send_resync(&self, img: &ImageSpec, site: &str) -> Step<()> {
+    /// True when Ceph confirmed it; false when the call failed in a way that
+    /// does not say whether it landed (the wait after it decides).
+    async fn send_resync(&self, img: &ImageSpec, site: &str) -> Step<bool> {
         self.claim(img, "resync").await?;
         let sent = self.sites.local.resync(img).await;
         self.landed(img);
         match sent {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(e) if e.kind == RbdErrorKind::ResyncOnPrimary => Err(ImageEnd::Failed(
                 Failure::new(Reason::ResyncOnPrimary, format!("{img} on {site}: {e}")),
             )),
@@ -890,15 +927,12 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                     RbdErrorKind::NotFound | RbdErrorKind::MirroringDisabled
                 ) =>
             {
-                Ok(())
+                Ok(true)
             }
-            // A failed call does not prove nothing happened: the wait that
-            // follows tells (a new id), and a later attempt re-sends it
-            // while the id is unchanged.
-            Err(e) => match self.read(self.sites.local.info(img)).await? {
-                Err(read) if read.kind == RbdErrorKind::NotFound => Ok(()),
-                _ => Err(self.ceph_failure(e, site)),
-            },
+            Err(e) if e.kind == RbdErrorKind::PermissionDenied => Err(self.ceph_failure(e, site)),
+            // A failed call does not prove nothing happened: "possibly
+            // issued" until the id changes.
+            Err(_) => Ok(false),
         }
     }
 }
@@ -959,6 +993,10 @@ pub fn select_all(
     }
     Ok(good)
 }
+
+/// How long a resync whose send failed may show its old id before it is
+/// sent again.
+const RESYNC_UNSURE_AFTER: Duration = Duration::from_secs(30);
 
 /// A mutation failed and the image could not be read after it: whether it
 /// took effect is unknown. Retryable: the next attempt reads it first.
