@@ -54,6 +54,8 @@ pub enum End {
     Failed(Reason),
     /// Still waiting at the step's deadline: the controller's timeout ends it.
     Waits,
+    /// Stopped because another controller owns the run (its claim won).
+    Lost,
 }
 
 #[derive(Clone, Debug)]

@@ -21,6 +21,13 @@ use crate::step::{Checkpoint, Pace, Progress, ResolvedStep, Selection, Sites, St
 pub struct Recorder {
     sim: Sim,
     pub persisted: Mutex<Progress>,
+    /// The executor's live progress: what a claim persists.
+    progress: Arc<Mutex<Progress>>,
+    /// The run's owner as its status records it, shared by every
+    /// controller of the run, and this controller's id: the claim protocol
+    /// of `controller::task` (the first claim wins; a status write carrying
+    /// an older resourceVersion finds the other owner and is refused).
+    owner: Option<(Arc<Mutex<Option<u32>>>, u32)>,
 }
 
 impl Checkpoint for Recorder {
@@ -29,6 +36,21 @@ impl Checkpoint for Recorder {
         if durable {
             *self.persisted.lock().expect("persisted") = progress.clone();
         }
+        self.sim.point(Crash::After, Some(n)).await;
+        Ok(())
+    }
+
+    async fn claim(&self, _image: &str, _action: &str) -> Result<(), String> {
+        let n = self.sim.point(Crash::Before, None).await;
+        if let Some((cell, me)) = &self.owner {
+            let mut owner = cell.lock().expect("owner");
+            match *owner {
+                Some(o) if o != *me => return Err(format!("controller {o}")),
+                _ => *owner = Some(*me),
+            }
+        }
+        let p = self.progress.lock().expect("progress").clone();
+        *self.persisted.lock().expect("persisted") = p;
         self.sim.point(Crash::After, Some(n)).await;
         Ok(())
     }
@@ -90,8 +112,7 @@ fn end_of(e: &StepEnd) -> End {
         StepEnd::Failed(f) => End::Failed(f.reason),
         // Nothing cancels these runs: a stop is a violation, shown as a wait.
         StepEnd::Stopped => End::Waits,
-        // The harness's checkpoint never refuses a claim.
-        StepEnd::Lost(_) => End::Waits,
+        StepEnd::Lost(_) => End::Lost,
     }
 }
 
@@ -156,7 +177,13 @@ struct Attempted {
 /// One controller running one step to its end: resumed from the persisted
 /// progress after a kill (restart 2 s later, faults.md A), retried with the
 /// run's progress after a retryable failure.
-async fn run_step(sim: &Sim, st: &StepSpec, opts: &Options, resumes: bool) -> Attempted {
+async fn run_step(
+    sim: &Sim,
+    st: &StepSpec,
+    opts: &Options,
+    resumes: bool,
+    owner: Option<(Arc<Mutex<Option<u32>>>, u32)>,
+) -> Attempted {
     let step = resolved(st);
     let sites = Sites {
         local: sim.site(st.site),
@@ -168,11 +195,13 @@ async fn run_step(sim: &Sim, st: &StepSpec, opts: &Options, resumes: bool) -> At
     let mut progress = Progress::default();
     let (mut kills, mut attempts) = (0, 0);
     loop {
+        let shared = Arc::new(Mutex::new(progress.clone()));
         let rec = Recorder {
             sim: sim.clone(),
             persisted: Mutex::new(progress.clone()),
+            progress: shared.clone(),
+            owner: owner.clone(),
         };
-        let shared = Arc::new(Mutex::new(progress.clone()));
         let killed = sim.killed();
         let run = execute(&step, &sites, shared, CancellationToken::new(), &rec, pace);
         let res = tokio::select! {
@@ -272,20 +301,26 @@ pub async fn run(sc: &Scenario, opts: &Options) -> Report {
             })
         };
         let runs: Vec<Attempted> = if opts.twin {
+            let cell = Arc::new(Mutex::new(None));
             let second = async {
                 tokio::time::sleep(opts.twin_delay).await;
-                run_step(&sim, st, opts, true).await
+                run_step(&sim, st, opts, true, Some((cell.clone(), 2))).await
             };
-            let (a, b) = tokio::join!(run_step(&sim, st, opts, true), second);
+            let (a, b) = tokio::join!(
+                run_step(&sim, st, opts, true, Some((cell.clone(), 1))),
+                second
+            );
+            // The first claim wins; the other controller stops at its own.
             vec![a, b]
         } else {
-            vec![run_step(&sim, st, opts, true).await]
+            vec![run_step(&sim, st, opts, true, None).await]
         };
+
         let _ = during.await;
         for r in &runs {
             killed |= r.kills > 0;
             // I1: the run ends, and with what the design promises.
-            if !st.ends.contains(&r.end) {
+            if !st.ends.contains(&r.end) && !(opts.twin && r.end == End::Lost) {
                 violations.push(format!(
                     "I1 stage {n} ({} on {}): ended {:?}, expected one of {:?} (kills {}, retries {}, outcomes {:?})",
                     st.action.as_str(),
