@@ -395,3 +395,67 @@ async fn unplanned_failover_and_failback_pipelines_with_a_lost_site() {
         "up+replaying"
     );
 }
+
+/// Two controller processes started with default flags (no leader
+/// election) both watch the same runs. The run's owner (owner.rs) and the
+/// claim before each mutation let exactly one of them act: every image is
+/// demoted, then promoted, exactly once, and the runs succeed.
+#[tokio::test]
+async fn two_controllers_with_default_flags_never_both_act() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "fault-twins").await;
+    let calls = lab
+        .dir
+        .join("logs")
+        .join(format!("rbd-calls-{}.log", unique("twins")));
+    let selector = unique("twins");
+    let env = [
+        ("RBD_BINARY", RBD_TIMING),
+        ("RBD_CALL_LOG", calls.to_str().unwrap()),
+    ];
+    let _first = start_controller(&selector, &env);
+    let _second = start_controller(&selector, &env);
+    let imgs: Vec<String> = (0..3).map(|_| unique("twin")).collect();
+    for i in &imgs {
+        mirrored_image(&lab.a, &lab.b, &lab.pool, i).await;
+    }
+    let step = |action: &str, cluster: &str| {
+        RunBuilder::new(&selector)
+            .param("action", action)
+            .param("cluster", cluster)
+            .param("pool", lab.pool.as_str())
+            .param("images", json!(imgs))
+    };
+    step("demote", "site-a")
+        .create(&client, &ns, "demote")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "demote", 90).await,
+        "True",
+        "Succeeded",
+    );
+    step("promote", "site-b")
+        .param("peerCluster", "site-a")
+        .create(&client, &ns, "promote")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "promote", 120).await,
+        "True",
+        "Succeeded",
+    );
+    let log = rbd_calls(&calls);
+    for i in &imgs {
+        let key = format!("{}/{i}", lab.pool);
+        for verb in ["demote", "promote"] {
+            let n = log
+                .iter()
+                .filter(|(_, _, a)| {
+                    a.starts_with(&format!("mirror image {verb}")) && a.ends_with(&key)
+                })
+                .count();
+            assert_eq!(n, 1, "{verb} of {key} issued {n} times:\n{log:#?}");
+        }
+    }
+    assert_eq!(lab.b.is_primary(&lab.pool, &imgs[0]), Some(true));
+}

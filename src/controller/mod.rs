@@ -4,6 +4,7 @@
 //! object twice at once, so an inline step would block its own cancel.
 
 pub mod health;
+pub mod owner;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
@@ -96,16 +97,21 @@ pub struct Context {
     pub locks: Arc<ImageLocks>,
     pub recorder: Recorder,
     tasks: Arc<TaskTable>,
+    /// This process, as run owners are recorded (owner.rs).
+    pub instance: String,
 }
 
 impl Context {
     pub fn new(client: kube::Client, config: Config) -> Arc<Context> {
+        let instance =
+            owner::instance_id(config.leader_election.as_ref().map(|l| l.identity.as_str()));
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), "rbd-mirror-step".into()),
             client,
             config,
             locks: Arc::new(ImageLocks::default()),
             tasks: Arc::new(TaskTable::default()),
+            instance,
         })
     }
 

@@ -11,6 +11,7 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
+use super::owner::{OWNER_TTL, Owner};
 use super::status::{StatusWriter, Update, unless_done};
 use super::task::{Extra, StopCause};
 use super::{Context, Error};
@@ -20,9 +21,6 @@ use crate::contract::{self, Decision};
 use crate::step::outcome::results;
 use crate::step::resolve::{InvalidParams, embedded_spec, overlay, validate};
 use crate::step::{Reason, ResolvedStep};
-
-/// Requeue when nothing else will wake the run up: a backstop, not a poll.
-const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 
 pub fn is_ours(obj: &DynamicObject) -> bool {
     TektonRun::task_identity(obj).is_some_and(|(api, kind)| api == API_VERSION && kind == KIND)
@@ -117,6 +115,7 @@ pub async fn reconcile(
                     Extra {
                         step: Some(step.clone()),
                         progress: Default::default(),
+                        owner: Some(Owner::now(&ctx.instance)),
                     }
                     .store(&mut s);
                     contract::start(
@@ -189,12 +188,16 @@ pub async fn reconcile(
     }
 }
 
+/// A running run is looked at again at its deadline, and at least once per
+/// owner TTL: a run whose owner went away (owner.rs) is taken over by the
+/// next look, with no event to trigger it.
 fn requeue_at(deadline: Option<Timestamp>) -> Requeue {
+    let every = OWNER_TTL + Duration::from_secs(1);
     let Some(d) = deadline else {
-        return Requeue::requeue(IDLE_REQUEUE);
+        return Requeue::requeue(every);
     };
     let left = Duration::try_from(d.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO);
-    Requeue::requeue((left + Duration::from_millis(500)).min(IDLE_REQUEUE))
+    Requeue::requeue((left + Duration::from_millis(500)).min(every))
 }
 
 fn extra_results(extra: &Extra) -> Vec<crate::api::RunResult> {

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Context;
+use super::owner::{self, OWNER_TTL, Owner};
 use super::secrets::read_connection;
-use super::status::{StatusError, StatusWriter, unless_done};
+use super::status::{StatusError, StatusWriter, Update, unless_done};
 pub use super::tasks::{StopCause, Stopper};
 use crate::api::{Action, Flavor, RunStatus, TektonRun};
 use crate::ceph::connection::{Connection, materialize};
@@ -42,6 +43,9 @@ pub struct Extra {
     pub step: Option<ResolvedStep>,
     #[serde(default)]
     pub progress: Progress,
+    /// The process acting on the run (owner.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
 }
 
 /// Why a run's resume record cannot be used.
@@ -84,11 +88,15 @@ impl Extra {
     }
 
     pub fn store(&self, status: &mut RunStatus) {
-        status.extra_fields = Some(json!({
+        let mut v = json!({
             "version": EXTRA_VERSION,
             "step": self.step,
             "progress": self.progress,
-        }));
+        });
+        if let Some(o) = &self.owner {
+            v["owner"] = json!(o);
+        }
+        status.extra_fields = Some(v);
     }
 
     /// The step to resume, checked as strictly as when it was resolved: the
@@ -180,6 +188,73 @@ pub async fn run(ctx: Arc<Context>, t: TaskSpec) {
     }
 }
 
+/// A write of this process's task: skipped (and `lost` set to the owner)
+/// when another process owns the run, else `f`'s status with the ownership
+/// renewed. Decided on the run the write is based on, so a write that meets
+/// a 409 decides again on the run as it is now.
+fn owned(
+    run: &TektonRun,
+    me: &str,
+    lost: &Mutex<Option<String>>,
+    f: impl FnOnce(&mut RunStatus),
+) -> Update {
+    let current = Extra::of(&run.status).owner;
+    if !owner::holds(current.as_ref(), me) {
+        *lost.lock().expect("lost") = current.map(|o| o.id);
+        return Update::Skip;
+    }
+    match unless_done(run, f) {
+        Update::Write(mut s) => {
+            let mut extra = Extra::of(&s);
+            extra.owner = Some(Owner::now(me));
+            extra.store(&mut s);
+            Update::Write(s)
+        }
+        skip => skip,
+    }
+}
+
+/// Takes the run for this process, or says who holds it. A run taken over
+/// from another process waits for the mutations it recorded in flight.
+async fn adopt(ctx: &Context, writer: &StatusWriter) -> Result<Option<String>, StatusError> {
+    let me = ctx.instance.clone();
+    let mut previous = None;
+    let written = writer
+        .update(|run| {
+            if contract::is_done(&run.status) {
+                return Update::Skip;
+            }
+            let extra = Extra::of(&run.status);
+            if !owner::may_adopt(extra.owner.as_ref(), &me, Timestamp::now()) {
+                return Update::Skip;
+            }
+            previous = extra.owner.clone().filter(|o| o.id != me);
+            let mut s = run.status.clone();
+            let mut extra = extra;
+            extra.owner = Some(Owner::now(&me));
+            extra.store(&mut s);
+            Update::Write(s)
+        })
+        .await?;
+    let extra = Extra::of(&written.status);
+    match extra.owner {
+        Some(o) if o.id != me => return Ok(Some(o.id)),
+        _ => {}
+    }
+    if let Some(prev) = previous {
+        let wait = owner::in_flight_wait(
+            &extra.progress,
+            Timestamp::now(),
+            crate::ceph::RbdCli::new(Default::default(), Default::default(), None).write_timeout,
+        );
+        info!(previous = %prev.id, wait_secs = wait.as_secs(), "took the run over from another controller");
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok(None)
+}
+
 /// Ends the run of a task that panicked, so that it does not hang forever.
 pub async fn fail_after_panic(ctx: &Context, writer: &StatusWriter, panic: &str) {
     let message = format!(
@@ -204,6 +279,12 @@ async fn attempts(ctx: &Arc<Context>, t: &TaskSpec) -> Result<(), StatusError> {
         }
         // Checked before any Ceph call: an edited or foreign record must end
         // the run with a reason, not reach the executor.
+        if let Some(holder) = adopt(ctx, &writer).await? {
+            // Reconcile looks again within the owner's TTL.
+            info!(owner = %holder, "another controller owns the run: leaving it");
+            return Ok(());
+        }
+        let run = writer.current().await?;
         let (step, resumed) = match Extra::resumable(&run.status) {
             Ok(r) => r,
             Err(e) => {
@@ -294,10 +375,11 @@ async fn finish(
     let res = results(&images, &exec.progress, exec.elapsed);
     let msg = message(step, images.len(), &exec.progress);
     let mut retried = false;
+    let lost = Mutex::new(None);
     let written = writer
         .update(|run| {
             retried = false;
-            unless_done(run, |s| {
+            owned(run, &ctx.instance, &lost, |s| {
                 let now = Timestamp::now();
                 let mut extra = Extra::of(s);
                 extra.progress = exec.progress.clone();
@@ -362,6 +444,10 @@ async fn finish(
             })
         })
         .await?;
+    if let Some(holder) = lost.lock().expect("lost").take() {
+        warn!(owner = %holder, "the run was taken over by another controller: its outcome is not written here");
+        return Ok(false);
+    }
     let cond = contract::succeeded_condition(&written.status)
         .cloned()
         .unwrap_or_default();
@@ -399,18 +485,33 @@ struct RunCheckpoint {
     step: ResolvedStep,
     progress: Arc<Mutex<Progress>>,
     last: Mutex<Option<Progress>>,
+    /// When this process last wrote the run (its ownership renewal).
+    last_at: Mutex<std::time::Instant>,
+    /// This process (owner.rs).
+    me: String,
+    /// Set when another process owns the run: nothing more is written.
+    lost: Mutex<Option<String>>,
 }
 
 impl RunCheckpoint {
+    /// Writes progress when it changed, or to renew ownership.
     async fn write(&self) -> Result<(), String> {
         let p = self.progress.lock().expect("progress").clone();
-        if self.last.lock().expect("last").as_ref() == Some(&p) {
+        let renew = self.last_at.lock().expect("last_at").elapsed() > OWNER_TTL / 3;
+        if self.last.lock().expect("last").as_ref() == Some(&p) && !renew {
             return Ok(());
+        }
+        self.write_now(p).await
+    }
+
+    async fn write_now(&self, p: Progress) -> Result<(), String> {
+        if let Some(holder) = self.lost.lock().expect("lost").clone() {
+            return Err(holder);
         }
         let msg = message(&self.step, image_count(&self.step, &p), &p);
         self.writer
             .update(|run| {
-                unless_done(run, |s| {
+                owned(run, &self.me, &self.lost, |s| {
                     let mut extra = Extra::of(s);
                     extra.progress = p.clone();
                     extra.store(s);
@@ -424,7 +525,11 @@ impl RunCheckpoint {
                 }
                 e.to_string()
             })?;
+        if let Some(holder) = self.lost.lock().expect("lost").clone() {
+            return Err(holder);
+        }
         *self.last.lock().expect("last") = Some(p);
+        *self.last_at.lock().expect("last_at") = std::time::Instant::now();
         Ok(())
     }
 }
@@ -433,11 +538,29 @@ impl Checkpoint for RunCheckpoint {
     async fn save(&self, _progress: &Progress, durable: bool) -> Result<(), String> {
         if durable { self.write().await } else { Ok(()) }
     }
+
+    /// The mutation is recorded in flight and the run's ownership proven by
+    /// one conditional write, always sent (never deduplicated).
+    async fn claim(&self, _image: &str, _action: &str) -> Result<(), String> {
+        let p = self.progress.lock().expect("progress").clone();
+        match self.write_now(p).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.lost.lock().expect("lost").clone() {
+                Some(holder) => Err(holder),
+                // Not proven (the API server did not answer): no mutation.
+                None => Err(format!("the run could not be claimed: {e}")),
+            },
+        }
+    }
 }
 
 impl Checkpoint for Arc<RunCheckpoint> {
     async fn save(&self, progress: &Progress, durable: bool) -> Result<(), String> {
         self.as_ref().save(progress, durable).await
+    }
+
+    async fn claim(&self, image: &str, action: &str) -> Result<(), String> {
+        self.as_ref().claim(image, action).await
     }
 }
 
@@ -517,6 +640,9 @@ async fn attempt_once(
         step: step.clone(),
         progress: progress.clone(),
         last: Mutex::new(None),
+        last_at: Mutex::new(std::time::Instant::now()),
+        me: ctx.instance.clone(),
+        lost: Mutex::new(None),
     });
     let ticker = {
         let (cp, interval) = (checkpoint.clone(), ctx.config.status_interval);
@@ -696,6 +822,7 @@ mod tests {
         Extra {
             step: Some(step.clone()),
             progress: progress.clone(),
+            owner: None,
         }
         .store(&mut again);
         assert_eq!(
