@@ -40,7 +40,7 @@ impl Owner {
         let Ok(renewed) = self.renewed.parse::<Timestamp>() else {
             return true;
         };
-        Duration::try_from(now.duration_since(renewed)).map_or(false, |d| d > OWNER_TTL)
+        Duration::try_from(now.duration_since(renewed)).is_ok_and(|d| d > OWNER_TTL)
     }
 }
 

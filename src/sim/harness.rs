@@ -320,7 +320,8 @@ pub async fn run(sc: &Scenario, opts: &Options) -> Report {
         for r in &runs {
             killed |= r.kills > 0;
             // I1: the run ends, and with what the design promises.
-            if !st.ends.contains(&r.end) && !(opts.twin && r.end == End::Lost) {
+            let lost_to_twin = opts.twin && r.end == End::Lost;
+            if !(st.ends.contains(&r.end) || lost_to_twin) {
                 violations.push(format!(
                     "I1 stage {n} ({} on {}): ended {:?}, expected one of {:?} (kills {}, retries {}, outcomes {:?})",
                     st.action.as_str(),

@@ -340,6 +340,21 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             .remove(&img.to_string());
     }
 
+    /// A read asked a second time when it does not answer: one lost answer
+    /// (a slow OSD, a dropped connection) is not a lost site, and an image
+    /// failed for it is not retried while another image's failure needs a
+    /// person. A dead site costs two deadlines.
+    async fn read_twice<T, F, Fut>(&self, call: F) -> Step<Result<T, RbdError>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, RbdError>>,
+    {
+        match self.read(call()).await? {
+            Err(e) if e.kind == RbdErrorKind::Unavailable => self.read(call()).await,
+            r => Ok(r),
+        }
+    }
+
     /// Claims the run for one mutation, recording it as in flight.
     async fn claim(&self, img: &ImageSpec, action: &str) -> Step<()> {
         self.progress.lock().expect("progress").in_flight.insert(
@@ -382,7 +397,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
     async fn local_info(&self, img: &ImageSpec) -> Step<ImageInfo> {
         let site = &self.sites.local_name;
         let info = self
-            .read(self.sites.local.info(img))
+            .read_twice(|| self.sites.local.info(img))
             .await?
             .map_err(|e| self.ceph_failure(e, site))?;
         if !info.mirroring_enabled() {
@@ -412,7 +427,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         let (Some(peer), Some(name)) = (&self.sites.peer, &self.sites.peer_name) else {
             return Ok(None);
         };
-        match self.read(peer.info(img)).await? {
+        match self.read_twice(|| peer.info(img)).await? {
             Ok(info) => Ok(info.is_primary()),
             Err(e) if e.kind == RbdErrorKind::Unavailable => Err(ImageEnd::Failed(Failure::new(
                 Reason::PeerUnavailable,
@@ -655,7 +670,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                     if peer_primary != Some(false) {
                         false
                     } else {
-                        match self.read(peer.journal_status(img)).await? {
+                        match self.read_twice(|| peer.journal_status(img)).await? {
                             // Caught up is not enough: the local rbd-mirror
                             // must also have finished with the demotion. A
                             // promote while its replayer is still stopping
@@ -690,7 +705,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                 }
                 _ => {
                     let snaps = self
-                        .read(self.sites.local.snapshots(img))
+                        .read_twice(|| self.sites.local.snapshots(img))
                         .await?
                         .map_err(|e| self.ceph_failure(e, &site))?;
                     peer_primary != Some(true) && snapshot_demotion_arrived(&snaps)
@@ -742,6 +757,20 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                                     return Err(both_primary(img, &site, &peer_name));
                                 }
                                 self.observe(img, "promoted").await
+                            }
+                            // It did not land and the site answers: a lost
+                            // answer, not a refusal. Prove and try again.
+                            Ok(_)
+                                if matches!(
+                                    e.kind,
+                                    RbdErrorKind::Unavailable | RbdErrorKind::OutcomeUnknown
+                                ) =>
+                            {
+                                self.set_waiting(format!(
+                                    "promote of {img} on {site} did not answer ({e}); trying again"
+                                ));
+                                self.pause(&mut attempt).await?;
+                                continue;
                             }
                             Ok(_) => Err(self.ceph_failure(e, &site)),
                             Err(read) => Err(unknown_after(img, &site, &e, &read)),
@@ -867,7 +896,7 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         // (ceph-lab.md P14): after a recorded resync that means "in
         // progress", never a failure.
         let mut attempt = 0;
-        let since = Instant::now();
+        let since = tokio::time::Instant::now();
         loop {
             match self.read(self.sites.local.info(img)).await? {
                 // rbd-mirror takes a resync up within seconds; a failed send
@@ -996,7 +1025,7 @@ pub fn select_all(
 
 /// How long a resync whose send failed may show its old id before it is
 /// sent again.
-const RESYNC_UNSURE_AFTER: Duration = Duration::from_secs(30);
+const RESYNC_UNSURE_AFTER: Duration = Duration::from_secs(10);
 
 /// A mutation failed and the image could not be read after it: whether it
 /// took effect is unknown. Retryable: the next attempt reads it first.
