@@ -225,9 +225,12 @@ async fn timed_out_attempts_are_archived_then_the_run_times_out() {
 }
 
 #[tokio::test]
-async fn two_runs_on_one_image_are_serialised() {
+async fn two_runs_on_one_image_are_serialised_across_namespaces() {
     let (client, lab) = (client().await, lab());
     let ns = run_namespace(&client, "ctl-serial").await;
+    // The second run comes from another namespace, through its own Secret
+    // of the same cluster: an image is locked by its cluster's monitors.
+    let ns2 = run_namespace(&client, "ctl-serial2").await;
     let img = unique("ser");
     mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     let promote = run()
@@ -238,17 +241,17 @@ async fn two_runs_on_one_image_are_serialised() {
         .param("images", json!([img]));
     promote.create(&client, &ns, "first").await;
     wait_message(&client, &ns, "first", "still primary", 60).await;
-    promote.create(&client, &ns, "second").await;
-    let second = wait_message(&client, &ns, "second", "waiting for run", 30).await;
+    promote.create(&client, &ns2, "second").await;
+    let second = wait_message(&client, &ns2, "second", "waiting for run", 30).await;
     let msg = condition(&second).unwrap().2;
     assert!(msg.contains(&format!("{ns}/first")), "{msg}");
     cancel(&client, &ns, "first").await;
     wait_done(&client, &ns, "first", 30).await;
     // Now the second takes the image and waits on Ceph itself.
-    wait_message(&client, &ns, "second", "still primary", 30).await;
-    cancel(&client, &ns, "second").await;
+    wait_message(&client, &ns2, "second", "still primary", 30).await;
+    cancel(&client, &ns2, "second").await;
     assert_condition(
-        &wait_done(&client, &ns, "second", 30).await,
+        &wait_done(&client, &ns2, "second", 30).await,
         "False",
         "CustomRunCancelled",
     );

@@ -459,3 +459,73 @@ async fn two_controllers_with_default_flags_never_both_act() {
     }
     assert_eq!(lab.b.is_primary(&lab.pool, &imgs[0]), Some(true));
 }
+
+/// SIGTERM while a demote is running: the controller starts nothing new,
+/// lets the demote finish (it is never cut half-way), records progress and
+/// exits; a new controller then finishes the run.
+#[tokio::test]
+async fn sigterm_lets_a_running_demote_finish() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "fault-sigterm").await;
+    let img = unique("term");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let calls = lab
+        .dir
+        .join("logs")
+        .join(format!("rbd-calls-{}.log", unique("term")));
+    let selector = unique("term");
+    let env = [
+        ("RBD_BINARY", RBD_TIMING),
+        ("RBD_CALL_LOG", calls.to_str().unwrap()),
+        ("RBD_SLEEP_MATCH", "mirror image demote"),
+        ("RBD_SLEEP_SECS", "6"),
+    ];
+    let mut first = start_controller(&selector, &env);
+    RunBuilder::new(&selector)
+        .param("action", "demote")
+        .param("cluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "demote")
+        .await;
+    // The claim before the demote records it in flight.
+    let api = customruns(&client, &ns);
+    wait_for(60, "the demote to be in flight", || async {
+        let o = api.get("demote").await.ok()?;
+        let f = &o.data["status"]["extraFields"]["progress"]["inFlight"];
+        f.as_object().is_some_and(|m| !m.is_empty()).then_some(())
+    })
+    .await;
+    let pid = first.child.id();
+    let t0 = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = first.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "the controller did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    // The demote ran to its end (SIGKILLed children would have left the
+    // image primary), and nothing was started after the SIGTERM.
+    assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(false));
+    let demotes = rbd_calls(&calls)
+        .into_iter()
+        .filter(|(_, _, a)| a.starts_with("mirror image demote"))
+        .count();
+    assert_eq!(demotes, 1);
+    let _second = start_controller(&selector, &env);
+    let done = wait_done(&client, &ns, "demote", 90).await;
+    assert_condition(&done, "True", "Succeeded");
+}

@@ -23,6 +23,30 @@ static PROCESS_SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::O
 
 pub const DEFAULT_MAX_PROCESSES: usize = 32;
 
+/// Mutating `rbd` processes running now, in this whole process: a
+/// controller that stops waits for them (never cutting one half-way).
+static MUTATIONS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn mutations_in_flight() -> usize {
+    MUTATIONS_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts one mutation while it lives.
+struct InFlightGuard;
+
+impl InFlightGuard {
+    fn new() -> InFlightGuard {
+        MUTATIONS_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        MUTATIONS_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The image-meta key of `journal_marker` (set and removed again at once).
 pub const MARKER_KEY: &str = "rbd-mirror-step.demote-marker";
 
@@ -135,6 +159,7 @@ impl RbdCli {
                     .expect("the rbd process semaphore is never closed"),
             )
         };
+        let _in_flight = op.mutates().then(InFlightGuard::new);
         crate::metrics::inc(&crate::metrics::RBD_CALLS);
         let err = |kind, exit, detail: String| RbdError {
             kind,

@@ -43,6 +43,10 @@ pub struct Connection {
     pub conf: PathBuf,
     pub keyring: PathBuf,
     pub user: Option<String>,
+    /// The cluster's monitor addresses as the Secret names them: what two
+    /// Secrets of one cluster (a ceph.conf and a ceph-csi one, in two
+    /// namespaces) have in common, so that both lock the same images.
+    pub monitors: Vec<String>,
 }
 
 impl Connection {
@@ -163,7 +167,46 @@ pub fn materialize(
         conf,
         keyring,
         user,
+        monitors: monitors(&conf_text),
     })
+}
+
+/// The `mon host` addresses of a ceph.conf, each as `ip:port` (the v1/v2
+/// prefixes and nonces dropped, 6789 when no port is given), sorted.
+pub fn monitors(conf: &str) -> Vec<String> {
+    let mut out = vec![];
+    for line in conf.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let k: String = k
+            .trim()
+            .chars()
+            .map(|c| if c == ' ' || c == '-' { '_' } else { c })
+            .collect();
+        if !k.eq_ignore_ascii_case("mon_host") {
+            continue;
+        }
+        for a in v.split([',', ';', ' ', '\t', '[', ']']) {
+            let a = a.trim();
+            let a = a
+                .strip_prefix("v2:")
+                .or_else(|| a.strip_prefix("v1:"))
+                .unwrap_or(a);
+            let a = a.split('/').next().unwrap_or_default();
+            if a.is_empty() {
+                continue;
+            }
+            out.push(if a.contains(':') {
+                a.to_string()
+            } else {
+                format!("{a}:6789")
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Removes connection directories left behind by a controller that was killed.
@@ -185,6 +228,26 @@ pub fn sweep_stale(base: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_secrets_of_one_cluster_share_a_monitor_address() {
+        let conf = monitors(
+            "[global]\nfsid = x\nmon host = [v2:10.0.0.1:3300/0,v1:10.0.0.1:6789/0] [v2:10.0.0.2:3300,v1:10.0.0.2:6789]\n",
+        );
+        assert_eq!(
+            conf,
+            vec![
+                "10.0.0.1:3300",
+                "10.0.0.1:6789",
+                "10.0.0.2:3300",
+                "10.0.0.2:6789"
+            ]
+        );
+        let csi = monitors("[global]\nmon_host = 10.0.0.2:6789,10.0.0.3\n");
+        assert_eq!(csi, vec!["10.0.0.2:6789", "10.0.0.3:6789"]);
+        assert!(csi.iter().any(|m| conf.contains(m)));
+        assert!(monitors("[global]\nkeyring = /x\n").is_empty());
+    }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
         pairs

@@ -168,6 +168,10 @@ impl Context {
     pub fn running_tasks(&self) -> usize {
         self.tasks.len()
     }
+
+    pub fn stop_all(&self, cause: StopCause) {
+        self.tasks.stop_all(cause)
+    }
 }
 
 /// Whether the run `namespace/name` with `uid` no longer exists. A failed
@@ -377,6 +381,12 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         _ = controllers => false,
         _ = lost => true,
     };
+    // Whatever the reason, no new mutation starts from here, and the ones
+    // running are waited for: a demote or promote cut half-way (the
+    // children die with this process) is the one thing a restart cannot
+    // repair. The runs resume from their status under the next owner.
+    ctx.stop_all(StopCause::Shutdown);
+    drain(&ctx).await;
     if lost_lease {
         error!("lost the leader lease: exiting so that no step runs twice");
         return Err(Error::Lease {
@@ -391,15 +401,32 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
             let _ = manager.release().await;
         }
     }
-    // Steps in flight are not cancelled: their runs resume from their status
-    // when a controller starts again (children die with this process).
-    if ctx.running_tasks() > 0 {
-        info!(
-            tasks = ctx.running_tasks(),
-            "leaving running steps to be resumed"
-        );
-    }
     Ok(())
+}
+
+/// How long a stopping controller waits for its mutations and last status
+/// writes: inside the Deployment's terminationGracePeriodSeconds (30).
+const DRAIN: Duration = Duration::from_secs(25);
+
+/// Waits until no mutating `rbd` runs and every task has written its
+/// progress, at most `DRAIN`.
+async fn drain(ctx: &Context) {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    loop {
+        let (mutations, tasks) = (crate::ceph::cli::mutations_in_flight(), ctx.running_tasks());
+        if mutations == 0 && tasks == 0 {
+            info!("stopped: no mutation in flight");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                mutations,
+                tasks, "stopping with work in flight; its runs resume from their status"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn shutdown_signal() {

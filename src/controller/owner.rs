@@ -19,6 +19,16 @@ use crate::step::Progress;
 /// longer loses the run to the next controller that reconciles it.
 pub const OWNER_TTL: Duration = Duration::from_secs(15);
 
+/// How long after its start a mutation recorded in flight by a silent owner
+/// is given to end before the run is acted on again. A paused controller's
+/// `rbd` child is not paused: it ends in its own time, seconds for a demote
+/// or promote on the lab (BENCHMARKS.md). A SIGKILLed controller's child
+/// died with it (parent-death signal). Waiting the whole 300 s call
+/// deadline instead stalled every run a crash left in that window for five
+/// minutes. A longer mutation (a forced snapshot promote of a large image)
+/// is still met by a new owner that reads the image before acting.
+pub const IN_FLIGHT_CAP: Duration = Duration::from_secs(30);
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     /// The process: its Pod (or host) name, pid and start nonce.

@@ -242,11 +242,7 @@ async fn adopt(ctx: &Context, writer: &StatusWriter) -> Result<Option<String>, S
         _ => {}
     }
     if let Some(prev) = previous {
-        let wait = owner::in_flight_wait(
-            &extra.progress,
-            Timestamp::now(),
-            crate::ceph::RbdCli::new(Default::default(), Default::default(), None).write_timeout,
-        );
+        let wait = owner::in_flight_wait(&extra.progress, Timestamp::now(), owner::IN_FLIGHT_CAP);
         info!(previous = %prev.id, wait_secs = wait.as_secs(), "took the run over from another controller");
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -661,15 +657,24 @@ async fn attempt_once(
     };
     let _ticker = AbortOnDrop(ticker);
 
+    // An image is known by its cluster's monitors, not by the Secret that
+    // reached it: runs in two namespaces, or through two Secrets of one
+    // cluster, lock the same image (a Secret naming no monitor address
+    // locks by its own name).
+    let clusters: Vec<String> = if local.monitors.is_empty() {
+        vec![format!("secret:{}/{}", run.namespace(), step.cluster)]
+    } else {
+        local.monitors.clone()
+    };
     let keys: Vec<String> = images
         .iter()
-        .map(|i| format!("{}/{}/{i}", run.namespace(), step.cluster))
+        .flat_map(|i| clusters.iter().map(move |c| format!("{c}|{i}")))
         .collect();
     let owner = format!("{}/{}", run.namespace(), run.name());
     let held = tokio::select! {
         _ = token.cancelled() => return Err(Failure::new(Reason::CephError, "stopped")),
         h = ctx.locks.acquire(&keys, &owner, |key, holder| {
-            let image = key.rsplit_once(&format!("{}/", step.cluster)).map_or(key, |(_, i)| i);
+            let image = key.split_once('|').map_or(key, |(_, i)| i);
             progress.lock().expect("progress").waiting =
                 Some(format!("waiting for run {holder}, which is acting on {image}"));
         }) => h,

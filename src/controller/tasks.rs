@@ -24,6 +24,9 @@ pub enum StopCause {
     /// The run object it owns is gone (deleted, or replaced by another
     /// object of the same name): nothing may be written, nothing more done.
     Deleted,
+    /// The controller is stopping (SIGTERM, or it lost the leader lease): no
+    /// new mutation starts, progress is recorded, the run resumes later.
+    Shutdown,
 }
 
 /// How a task is told to stop: the first cause given wins.
@@ -176,6 +179,13 @@ impl TaskTable {
             .instrument(span),
         );
         true
+    }
+
+    /// Tells every task to stop.
+    pub fn stop_all(&self, cause: StopCause) {
+        for e in self.lock().values() {
+            e.stopper.stop(cause);
+        }
     }
 
     /// Tells the task of `key` to stop; false when there is none.
