@@ -61,7 +61,10 @@ cmd_stopstart() {
   ((${#which[@]})) || which=(rbd-mirror osd mgr mon)
   if [[ $verb == stop ]]; then
     for w in rbd-mirror osd mgr mon; do
-      [[ " ${which[*]} " == *" $w "* ]] && stop_daemon "ceph-$site-$w" 30
+      # (An `a && b` as the loop's last command would make `lab stop` fail
+      # whenever mon is not among the daemons asked for.)
+      [[ " ${which[*]} " == *" $w "* ]] || continue
+      stop_daemon "ceph-$site-$w" 30
     done
   else
     for w in mon mgr osd rbd-mirror; do
