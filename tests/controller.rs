@@ -761,6 +761,14 @@ async fn journal_failover_chains_never_split_brain() {
         }
         std::mem::swap(&mut from, &mut to);
     }
+    // Journal images replaying from site-a slow down every later forced
+    // promote on site-b while site-a is frozen (the lost-site fault tests):
+    // leave none behind. Disabling mirroring on the primary removes the
+    // other site's copy.
+    for k in &keys {
+        from.rbd_ok(&["mirror", "image", "disable", k]);
+        from.rbd_ok(&["rm", k]);
+    }
 }
 
 #[tokio::test]

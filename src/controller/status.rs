@@ -99,6 +99,23 @@ pub fn sanitize(status: RunStatus) -> RunStatus {
 /// the new status no longer has (a merge patch only removes what it nulls),
 /// and the preconditions: the resourceVersion the status was computed from
 /// and the UID of the object it is meant for.
+/// Nulls, at every depth, the object keys `old` has and `new` dropped: a
+/// merge patch merges objects recursively, so a key dropped inside
+/// `extraFields` (a mutation no longer in flight, a failure cleared by a
+/// new attempt) would otherwise stay in the stored status forever.
+fn null_removed(new: &mut Value, old: &Value) {
+    if let (Some(n), Some(o)) = (new.as_object_mut(), old.as_object()) {
+        for (k, ov) in o {
+            match n.get_mut(k) {
+                None => {
+                    n.insert(k.clone(), Value::Null);
+                }
+                Some(nv) => null_removed(nv, ov),
+            }
+        }
+    }
+}
+
 pub fn status_patch(
     old: &RunStatus,
     new: &RunStatus,
@@ -107,13 +124,7 @@ pub fn status_patch(
 ) -> Value {
     let mut body = serde_json::to_value(new).unwrap_or_else(|_| json!({}));
     let old_v = serde_json::to_value(old).unwrap_or_else(|_| json!({}));
-    if let (Some(b), Some(o)) = (body.as_object_mut(), old_v.as_object()) {
-        for k in o.keys() {
-            if !b.contains_key(k) {
-                b.insert(k.clone(), Value::Null);
-            }
-        }
-    }
+    null_removed(&mut body, &old_v);
     let mut metadata = json!({"resourceVersion": resource_version});
     if let Some(uid) = uid {
         metadata["uid"] = json!(uid);
@@ -368,6 +379,35 @@ pub fn unless_done(run: &TektonRun, f: impl FnOnce(&mut RunStatus)) -> Update {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patch_nulls_keys_dropped_deep_inside_extra_fields() {
+        let old = RunStatus {
+            extra_fields: Some(
+                json!({"progress": {"inFlight": {"rp/a": {"action": "demote"}}, "done": {}}}),
+            ),
+            ..Default::default()
+        };
+        let new = RunStatus {
+            extra_fields: Some(json!({"progress": {"done": {"rp/a": {"outcome": "demoted"}}}})),
+            ..Default::default()
+        };
+        let p = status_patch(&old, &new, "7", None);
+        assert_eq!(
+            p["status"]["extraFields"]["progress"]["inFlight"],
+            Value::Null
+        );
+        assert!(
+            p["status"]["extraFields"]["progress"]
+                .as_object()
+                .unwrap()
+                .contains_key("inFlight")
+        );
+        assert_eq!(
+            p["status"]["extraFields"]["progress"]["done"]["rp/a"]["outcome"],
+            "demoted"
+        );
+    }
 
     #[test]
     fn patch_nulls_fields_the_new_status_dropped_and_carries_the_version() {
