@@ -152,7 +152,9 @@ impl Default for SimConfig {
             status_lag: ms(2000),
             resync_journal: [ms(4900), ms(9900), ms(12400)],
             resync_snapshot: [ms(4900), ms(9900), ms(34500)],
-            read_timeout: Duration::from_secs(20),
+            // The controller's deadline for the peer's reads (--peer-timeout-secs):
+            // how long a dead peer takes to tell, asked twice.
+            read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(300),
         }
     }
