@@ -516,10 +516,21 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
             return Ok(DemotePlan::AlreadyNonPrimary);
         }
         if !self.step.force {
-            let lockers = self
-                .read(self.sites.local.lockers(img))
-                .await?
-                .map_err(|e| self.ceph_failure(e, site))?;
+            // A lock held for a moment (the local rbd-mirror restarting its
+            // replayers, e.g. right after the site came back) is not an
+            // application: look again for a few seconds before refusing.
+            let since = tokio::time::Instant::now();
+            let mut attempt = 0;
+            let lockers = loop {
+                let lockers = self
+                    .read(self.sites.local.lockers(img))
+                    .await?
+                    .map_err(|e| self.ceph_failure(e, site))?;
+                if lockers.is_empty() || since.elapsed() > IN_USE_GRACE {
+                    break lockers;
+                }
+                self.pause(&mut attempt).await?;
+            };
             if !lockers.is_empty() {
                 let who: Vec<&str> = lockers.iter().map(|l| l.locker.as_str()).collect();
                 return Err(ImageEnd::Failed(Failure::new(
@@ -1022,6 +1033,10 @@ pub fn select_all(
     }
     Ok(good)
 }
+
+/// How long a demote looks again at an image's lock holders before it
+/// calls the image in use.
+const IN_USE_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a resync whose send failed may show its old id before it is
 /// sent again.
