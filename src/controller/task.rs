@@ -23,9 +23,9 @@ use crate::ceph::connection::{Connection, materialize};
 use crate::ceph::image::{check_namespace, check_pool};
 use crate::ceph::{Ceph, ImageSpec};
 use crate::contract;
-use crate::step::execute::mirror_images;
 use crate::step::outcome::{results, summary};
 use crate::step::resolve::{MAX_CONCURRENCY, MAX_IMAGES};
+use crate::step::select::mirror_images;
 use crate::step::{
     Checkpoint, Execution, Failure, Progress, Reason, ResolvedStep, Selection, Sites, StepEnd,
     execute,

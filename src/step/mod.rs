@@ -1,9 +1,13 @@
-//! One step: resolve → validate → (lock) → execute → report.
+//! One step: resolve → validate → (lock) → plan and execute → report.
 
 pub mod execute;
+pub mod failures;
 pub mod locks;
 pub mod outcome;
+pub mod plan;
+pub mod promote_guard;
 pub mod resolve;
+pub mod select;
 
 pub use execute::{Checkpoint, Execution, Pace, Sites, StepEnd, execute};
 pub use outcome::{Failure, ImageOutcome, ImageState, Progress, Reason};

@@ -248,6 +248,36 @@ pub fn summary(verb: &str, total: usize, progress: &Progress) -> String {
     s
 }
 
+/// What the step reports of an image it read.
+pub fn image_state(
+    info: &crate::ceph::model::ImageInfo,
+    status: Option<&crate::ceph::model::MirrorImageStatus>,
+) -> ImageState {
+    ImageState {
+        role: match info.is_primary() {
+            Some(true) => "primary".into(),
+            Some(false) => "non-primary".into(),
+            None => "unknown".into(),
+        },
+        state: status.map(|s| s.state.clone()).unwrap_or_default(),
+        last_sync: status.and_then(last_sync),
+    }
+}
+
+/// The last completed sync from the primary, as far as Ceph reports it.
+pub fn last_sync(s: &crate::ceph::model::MirrorImageStatus) -> Option<String> {
+    let own = s.replay().and_then(|r| r.local_snapshot_timestamp);
+    let peer = || {
+        s.peer_sites
+            .iter()
+            .filter_map(|p| crate::ceph::model::parse_replay(&p.description))
+            .find_map(|r| r.local_snapshot_timestamp)
+    };
+    own.or_else(peer)
+        .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
+        .map(crate::contract::format_time)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
