@@ -191,6 +191,55 @@ pub fn retry(
     );
 }
 
+/// How an attempt ended, as the controller saw it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttemptEnd<'a> {
+    Succeeded,
+    Failed {
+        reason: &'a str,
+        /// Whether another attempt could change anything.
+        retryable: bool,
+    },
+    TimedOut,
+    Cancelled,
+}
+
+/// Tekton's rule for the end of an attempt, in one place: a retryable
+/// failure, or a CustomRun attempt that timed out, starts the next attempt
+/// while retries are left (a legacy Run's timeout spans all its retries,
+/// so its timeout ends it); anything else ends the run. Returns whether
+/// the run was retried.
+pub fn end_attempt(
+    status: &mut RunStatus,
+    run: &TektonRun,
+    now: Timestamp,
+    end: AttemptEnd,
+    message: &str,
+    results: Vec<RunResult>,
+) -> bool {
+    let flavor = run.flavor;
+    match end {
+        AttemptEnd::Succeeded => succeed(status, now, message, results),
+        AttemptEnd::Failed { reason, retryable } if retryable && retries_left(run) => {
+            retry(status, now, reason, message, results);
+            return true;
+        }
+        AttemptEnd::Failed { reason, .. } => fail(status, now, reason, message, results),
+        AttemptEnd::TimedOut if retries_on_timeout(run) => {
+            retry(status, now, reason_timed_out(flavor), message, results);
+            return true;
+        }
+        AttemptEnd::TimedOut => time_out(status, flavor, now, message, results),
+        AttemptEnd::Cancelled => cancel(status, flavor, now, message, results),
+    }
+    false
+}
+
+/// Whether a timed-out attempt of this run is retried.
+pub fn retries_on_timeout(run: &TektonRun) -> bool {
+    run.flavor == Flavor::CustomRun && retries_left(run)
+}
+
 /// Attempts made so far, this one included.
 pub fn attempt(status: &RunStatus) -> usize {
     status.retries_status.len() + 1
@@ -268,7 +317,7 @@ pub fn decide(run: &TektonRun, now: Timestamp, timeout: Option<Duration>) -> Dec
     match deadline {
         // HasTimedOut: now - startTime > timeout.
         Some(d) if now > d => Decision::TimedOut {
-            retry: run.flavor == Flavor::CustomRun && retries_left(run),
+            retry: retries_on_timeout(run),
         },
         _ => Decision::Running { deadline },
     }
@@ -520,5 +569,40 @@ mod tests {
             Some("2026-11-27T12:00:00Z")
         );
         assert_eq!(c.message.as_deref(), Some("promoted 1/2"));
+    }
+
+    #[test]
+    fn an_attempt_end_retries_or_ends_by_tektons_rule() {
+        let now = t("2026-11-27T12:01:00Z");
+        let failed = |retryable| AttemptEnd::Failed {
+            reason: "CephUnavailable",
+            retryable,
+        };
+        let cases = [
+            (Flavor::CustomRun, 1, failed(true), true, "Unknown"),
+            (Flavor::CustomRun, 0, failed(true), false, "False"),
+            (Flavor::CustomRun, 1, failed(false), false, "False"),
+            (Flavor::CustomRun, 1, AttemptEnd::TimedOut, true, "Unknown"),
+            (Flavor::CustomRun, 0, AttemptEnd::TimedOut, false, "False"),
+            // A legacy Run's timeout spans every attempt.
+            (Flavor::Run, 1, AttemptEnd::TimedOut, false, "False"),
+            (Flavor::Run, 1, failed(true), true, "Unknown"),
+            (Flavor::CustomRun, 1, AttemptEnd::Cancelled, false, "False"),
+            (Flavor::CustomRun, 1, AttemptEnd::Succeeded, false, "True"),
+        ];
+        for (flavor, retries, end, retried, status) in cases {
+            let mut r = run(flavor);
+            r.spec.retries = retries;
+            start(&mut r.status, t("2026-11-27T12:00:00Z"), "");
+            let mut s = r.status.clone();
+            let got = end_attempt(&mut s, &r, now, end, "m", vec![]);
+            let c = succeeded_condition(&s).unwrap();
+            assert_eq!(
+                (got, c.status.as_str()),
+                (retried, status),
+                "{flavor:?} retries={retries} {end:?}"
+            );
+            assert_eq!(s.retries_status.len(), usize::from(retried));
+        }
     }
 }

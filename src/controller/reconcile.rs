@@ -11,13 +11,13 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
-use super::owner::{OWNER_TTL, Owner};
+use super::owner::{self, OWNER_TTL, Owner};
 use super::status::{StatusWriter, Update, unless_done};
 use super::task::{Extra, StopCause};
 use super::{Context, Error};
 use crate::api::step::{API_VERSION, KIND};
 use crate::api::{Flavor, RbdMirrorStep, RbdMirrorStepSpec, TektonRun};
-use crate::contract::{self, Decision};
+use crate::contract::{self, AttemptEnd, Decision};
 use crate::step::outcome::results;
 use crate::step::resolve::{InvalidParams, embedded_spec, overlay, validate};
 use crate::step::{Reason, ResolvedStep};
@@ -86,6 +86,10 @@ pub async fn reconcile(
                     .unwrap_or_else(|| "cancelled".into());
                 writer
                     .update(|r| {
+                        // A live owner elsewhere ends its own step.
+                        if !owned_here_or_free(&ctx, r) {
+                            return Update::Skip;
+                        }
                         unless_done(r, |s| {
                             let extra = Extra::of(s);
                             let res = extra_results(&extra);
@@ -157,20 +161,19 @@ pub async fn reconcile(
             // The deadline passed while no task ran (e.g. the controller was down).
             writer
                 .update(|r| {
+                    if !owned_here_or_free(&ctx, r) {
+                        return Update::Skip;
+                    }
                     unless_done(r, |s| {
                         let res = extra_results(&Extra::of(s));
-                        let now = Timestamp::now();
-                        if retry {
-                            contract::retry(
-                                s,
-                                now,
-                                contract::reason_timed_out(flavor),
-                                "attempt timed out",
-                                res,
-                            );
-                        } else {
-                            contract::time_out(s, flavor, now, "timed out", res);
-                        }
+                        contract::end_attempt(
+                            s,
+                            r,
+                            Timestamp::now(),
+                            AttemptEnd::TimedOut,
+                            "attempt timed out",
+                            res,
+                        );
                     })
                 })
                 .await?;
@@ -186,6 +189,18 @@ pub async fn reconcile(
             Ok(requeue_at(deadline))
         }
     }
+}
+
+/// Whether this process may end the run without its task: nobody owns
+/// it, this process does, or its owner went silent (owner.rs). A live
+/// owner elsewhere times out or cancels its own step, after its in-flight
+/// mutation returns; ending it here would archive an attempt still running.
+fn owned_here_or_free(ctx: &Context, run: &TektonRun) -> bool {
+    owner::may_adopt(
+        Extra::of(&run.status).owner.as_ref(),
+        &ctx.instance,
+        Timestamp::now(),
+    )
 }
 
 /// A running run is looked at again at its deadline, and at least once per

@@ -22,7 +22,7 @@ use crate::api::{Action, Flavor, RunStatus, TektonRun};
 use crate::ceph::connection::{Connection, materialize};
 use crate::ceph::image::{check_namespace, check_pool};
 use crate::ceph::{Ceph, ImageSpec};
-use crate::contract;
+use crate::contract::{self, AttemptEnd};
 use crate::step::outcome::{results, summary};
 use crate::step::resolve::{MAX_CONCURRENCY, MAX_IMAGES};
 use crate::step::select::mirror_images;
@@ -381,49 +381,22 @@ async fn finish(
                 extra.progress = exec.progress.clone();
                 extra.step = Some(step.clone());
                 extra.store(s);
-                match (&exec.end, cause) {
-                    (StepEnd::Succeeded, _) => contract::succeed(s, now, &msg, res.clone()),
-                    (StepEnd::Failed(f), _)
-                        if f.reason.retryable() && contract::retries_left(run) =>
-                    {
-                        retried = true;
-                        contract::retry(
-                            s,
-                            now,
-                            f.reason.as_str(),
-                            &format!("{}; {msg}", f.message),
-                            res.clone(),
-                        );
-                    }
-                    (StepEnd::Failed(f), _) => contract::fail(
-                        s,
-                        now,
-                        f.reason.as_str(),
-                        &format!("{}; {msg}", f.message),
-                        res.clone(),
+                let (end, message) = match (&exec.end, cause) {
+                    (StepEnd::Succeeded, _) => (AttemptEnd::Succeeded, msg.clone()),
+                    (StepEnd::Failed(f), _) => (
+                        AttemptEnd::Failed {
+                            reason: f.reason.as_str(),
+                            retryable: f.reason.retryable(),
+                        },
+                        format!("{}; {msg}", f.message),
                     ),
-                    (StepEnd::Stopped, Some(StopCause::TimedOut))
-                        if flavor == Flavor::CustomRun && contract::retries_left(run) =>
-                    {
-                        retried = true;
-                        contract::retry(
-                            s,
-                            now,
-                            contract::reason_timed_out(flavor),
-                            &format!("attempt timed out; {msg}"),
-                            res.clone(),
-                        );
-                    }
-                    (StepEnd::Stopped, Some(StopCause::TimedOut)) => contract::time_out(
-                        s,
-                        flavor,
-                        now,
-                        &format!(
+                    (StepEnd::Stopped, Some(StopCause::TimedOut)) => (
+                        AttemptEnd::TimedOut,
+                        format!(
                             "{} timed out ({}); {msg}",
                             flavor.kind(),
                             run.spec.timeout.as_deref().unwrap_or("60m default")
                         ),
-                        res.clone(),
                     ),
                     (StepEnd::Stopped, _) if run.is_cancelled() => {
                         let why = run
@@ -431,12 +404,13 @@ async fn finish(
                             .status_message
                             .clone()
                             .unwrap_or_else(|| "cancelled".into());
-                        contract::cancel(s, flavor, now, &format!("{why}; {msg}"), res.clone())
+                        (AttemptEnd::Cancelled, format!("{why}; {msg}"))
                     }
                     // Stopped for no reason the run shows (the controller is
                     // shutting down): progress is recorded, the run resumes later.
-                    (StepEnd::Stopped, _) | (StepEnd::Lost(_), _) => {}
-                }
+                    (StepEnd::Stopped, _) | (StepEnd::Lost(_), _) => return,
+                };
+                retried = contract::end_attempt(s, run, now, end, &message, res.clone());
             })
         })
         .await?;
