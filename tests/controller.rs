@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::runs::*;
-use common::{client, lab, mirrored_image, unique, wait_for};
+use common::{client, lab, mirrored_image, namespace, unique, wait_for};
 use serde_json::json;
 
 const SEL: &str = "controller";
@@ -225,12 +225,30 @@ async fn timed_out_attempts_are_archived_then_the_run_times_out() {
 }
 
 #[tokio::test]
-async fn two_runs_on_one_image_are_serialised_across_namespaces() {
+async fn two_runs_on_one_image_are_serialised_across_namespaces_and_secrets() {
     let (client, lab) = (client().await, lab());
     let ns = run_namespace(&client, "ctl-serial").await;
     // The second run comes from another namespace, through its own Secret
-    // of the same cluster: an image is locked by its cluster's monitors.
-    let ns2 = run_namespace(&client, "ctl-serial2").await;
+    // of the same cluster, which names the monitor differently (by host
+    // name, msgr v1 only): no monitor address is shared, so only the
+    // cluster's fsid tells the controller it is the same image.
+    let ns2 = namespace(&client, "ctl-serial2").await;
+    connection_secret(&client, &ns2, "site-a", &lab.a).await;
+    let conf = std::fs::read_to_string(&lab.b.conf).unwrap();
+    let v1 = conf
+        .split("v1:127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split([']', ',', '/']).next())
+        .expect("the lab's site-b conf names a v1 monitor address");
+    connection_secret_conf(
+        &client,
+        &ns2,
+        "site-b",
+        &lab.b,
+        format!("[global]\nmon host = localhost:{v1}\n"),
+    )
+    .await;
+    allow_secrets(&client, &ns2).await;
     let img = unique("ser");
     mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     let promote = run()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::runs::*;
 use common::{client, lab, mirrored_image, unique, wait_for};
+use kube::Api;
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -539,4 +540,58 @@ async fn sigterm_lets_a_running_demote_finish() {
     let _second = start_controller(&selector, &env);
     let done = wait_done(&client, &ns, "demote", 90).await;
     assert_condition(&done, "True", "Succeeded");
+}
+
+/// Someone demotes the image by hand after the controller checked it and
+/// before its own demote runs: the run succeeds (the image is demoted) and
+/// says so with a Warning `ActedByAnother` event, since a person or another
+/// tool acted on an image this run had taken.
+#[tokio::test]
+async fn a_demote_done_by_hand_meanwhile_is_reported_as_acted_by_another() {
+    use k8s_openapi::api::events::v1::Event;
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "fault-other").await;
+    let img = unique("other");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let selector = unique("other");
+    // Every demote of this controller waits 6 s before it reaches rbd.
+    let env = [
+        ("RBD_BINARY", RBD_TIMING),
+        ("RBD_SLEEP_MATCH", "mirror image demote"),
+        ("RBD_SLEEP_SECS", "6"),
+    ];
+    let _ctl = start_controller(&selector, &env);
+    RunBuilder::new(&selector)
+        .param("action", "demote")
+        .param("cluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .create(&client, &ns, "demote")
+        .await;
+    let api = customruns(&client, &ns);
+    wait_for(60, "the demote to be in flight", || async {
+        let o = api.get("demote").await.ok()?;
+        let f = &o.data["status"]["extraFields"]["progress"]["inFlight"];
+        f.as_object().is_some_and(|m| !m.is_empty()).then_some(())
+    })
+    .await;
+    let spec = format!("{}/{img}", lab.pool);
+    lab.a.rbd_ok(&["mirror", "image", "demote", &spec]);
+    let done = wait_done(&client, &ns, "demote", 60).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(
+        result(&done, "outcomes").unwrap()[&spec],
+        "already-non-primary"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let note = wait_for(30, "an ActedByAnother event", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            (e.reason.as_deref() == Some("ActedByAnother") && e.type_.as_deref() == Some("Warning"))
+                .then(|| e.note.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(note.contains(&spec), "{note}");
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod connection;
 pub mod error;
+pub mod fsid;
 pub mod image;
 pub mod model;
 

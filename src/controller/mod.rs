@@ -95,6 +95,8 @@ pub struct Context {
     pub client: kube::Client,
     pub config: Config,
     pub locks: Arc<ImageLocks>,
+    /// Cluster fsids by monitor set: part of every image lock key.
+    pub fsids: crate::ceph::fsid::FsidCache,
     pub recorder: Recorder,
     tasks: Arc<TaskTable>,
     /// This process, as run owners are recorded (owner.rs).
@@ -110,6 +112,7 @@ impl Context {
             client,
             config,
             locks: Arc::new(ImageLocks::default()),
+            fsids: Default::default(),
             tasks: Arc::new(TaskTable::default()),
             instance,
         })

@@ -424,6 +424,9 @@ async fn finish(
     // The message was sanitized on its way into the status.
     info!(status = %cond.status, reason = cond.reason.as_deref().unwrap_or(""), message = cond.message.as_deref().unwrap_or(""), "attempt ended");
     ctx.final_event(&written).await;
+    for (image, note) in &exec.progress.acted_by_another {
+        ctx.acted_by_another(&written, image, note).await;
+    }
     if !exec.progress.forced.is_empty() {
         let note: Vec<String> = exec
             .progress
@@ -631,15 +634,26 @@ async fn attempt_once(
     };
     let _ticker = AbortOnDrop(ticker);
 
-    // An image is known by its cluster's monitors, not by the Secret that
-    // reached it: runs in two namespaces, or through two Secrets of one
-    // cluster, lock the same image (a Secret naming no monitor address
-    // locks by its own name).
-    let clusters: Vec<String> = if local.monitors.is_empty() {
+    // An image is known by its cluster, not by the Secret that reached it:
+    // runs in two namespaces, or through two Secrets of one cluster, lock
+    // the same image. Two runs collide when they share any identity of the
+    // cluster: its fsid (when `ceph fsid` answers) or a monitor address (a
+    // Secret naming none locks by its own name).
+    let mut clusters: Vec<String> = if local.monitors.is_empty() {
         vec![format!("secret:{}/{}", run.namespace(), step.cluster)]
     } else {
         local.monitors.clone()
     };
+    let fsid = tokio::select! {
+        _ = token.cancelled() => return Err(Failure::new(Reason::CephError, "stopped")),
+        f = ctx.fsids.get(&local, ctx.config.peer_timeout) => f,
+    };
+    match fsid {
+        Ok(f) => clusters.push(format!("fsid:{f}")),
+        Err(e) => {
+            warn!(error = %e, "cluster fsid unknown: images are locked by monitor address only")
+        }
+    }
     let keys: Vec<String> = images
         .iter()
         .flat_map(|i| clusters.iter().map(move |c| format!("{c}|{i}")))
@@ -701,8 +715,9 @@ impl Context {
         }
     }
 
-    /// A run's step found that another actor changed an image it had
-    /// claimed (a lost claim): the step stops acting on it.
+    /// A run's step found that another actor changed an image between its
+    /// check and its command (someone demoted or promoted it by hand, or
+    /// another controller): the outcome is right, but a person should know.
     pub async fn acted_by_another(&self, run: &TektonRun, image: &str, detail: &str) {
         self.event(
             run,

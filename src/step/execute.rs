@@ -339,7 +339,16 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
                     self.pause(&mut attempt).await?;
                     obs = Observed::default();
                 }
-                Next::Done(o) => return Ok(ImageEnd::Done(o)),
+                Next::Done(o) => {
+                    if let Some(note) = plan.acted_by_another() {
+                        self.progress
+                            .lock()
+                            .expect("progress")
+                            .acted_by_another
+                            .insert(img.to_string(), note.to_string());
+                    }
+                    return Ok(ImageEnd::Done(o));
+                }
                 Next::Fail(f) => return Ok(ImageEnd::Failed(f)),
             }
         }

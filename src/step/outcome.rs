@@ -128,6 +128,10 @@ pub struct Progress {
     /// controller taking the run over knows a call may still be running.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub in_flight: BTreeMap<String, InFlight>,
+    /// Images another actor changed between this step's check and its
+    /// command (the command found the work done): image → what was found.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acted_by_another: BTreeMap<String, String>,
     /// What the step is waiting for, if anything (shown in the message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,

@@ -104,6 +104,17 @@ pub fn customruns(client: &Client, ns: &str) -> Api<DynamicObject> {
 /// A labelled connection Secret for `site`, from the lab's least-privilege client.
 pub async fn connection_secret(client: &Client, ns: &str, name: &str, site: &Site) {
     let conf = std::fs::read_to_string(&site.conf).unwrap();
+    connection_secret_conf(client, ns, name, site, conf).await;
+}
+
+/// A connection Secret of `site` with a ceph.conf of the test's own.
+pub async fn connection_secret_conf(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    site: &Site,
+    conf: String,
+) {
     let keyring = std::fs::read_to_string(&site.keyring).unwrap();
     let mut data = BTreeMap::new();
     data.insert("ceph.conf".to_string(), conf);

@@ -277,6 +277,8 @@ pub struct ImagePlan {
     intent: Intent,
     img: ImageSpec,
     state: State,
+    /// Set when a command found its work already done by someone else.
+    acted_by_another: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -299,7 +301,19 @@ impl ImagePlan {
             (Action::Promote, false) => State::Promote(promote::Promote::default()),
             (Action::Resync, _) => State::Resync(resync::Resync::new(resync_recorded)),
         };
-        ImagePlan { intent, img, state }
+        ImagePlan {
+            intent,
+            img,
+            state,
+            acted_by_another: None,
+        }
+    }
+
+    /// What another actor did to the image between this plan's check and
+    /// its command, when the command found the work done (the run reports
+    /// it as a Warning event).
+    pub fn acted_by_another(&self) -> Option<&str> {
+        self.acted_by_another.as_deref()
     }
 
     pub fn image(&self) -> &ImageSpec {
@@ -330,6 +344,22 @@ impl ImagePlan {
 
     /// The command asked for returned `result`.
     pub fn landed(&mut self, cmd: Command, result: Result<(), RbdError>, now: Duration) {
+        if let Err(e) = &result {
+            // Checked just before: the image's role changed under us.
+            let done_by_another = match cmd {
+                Command::Demote => e.kind == RbdErrorKind::NotPrimary,
+                Command::Promote | Command::ForcePromote => e.kind == RbdErrorKind::AlreadyPrimary,
+                _ => false,
+            };
+            if done_by_another {
+                self.acted_by_another = Some(format!(
+                    "{} of {} on {} found it already done ({e})",
+                    cmd.name(),
+                    self.img,
+                    self.intent.site
+                ));
+            }
+        }
         let (i, img) = (&self.intent, &self.img);
         match &mut self.state {
             State::Demote(d) => d.landed(i, img, cmd, result),

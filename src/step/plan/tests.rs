@@ -598,3 +598,29 @@ fn an_image_with_mirroring_disabled_fails_every_action() {
         );
     }
 }
+
+#[test]
+fn a_command_that_finds_its_work_done_says_someone_else_acted() {
+    let mut p = plan(Action::Demote, true, false);
+    let obs = Observed {
+        info: Some(Ok(info(true, "snapshot", "1"))),
+        ..Default::default()
+    };
+    p.next(&obs, T0);
+    assert_eq!(p.acted_by_another(), None);
+    p.landed(Command::Demote, Err(err(RbdErrorKind::NotPrimary)), T0);
+    assert!(
+        p.acted_by_another()
+            .is_some_and(|n| n.contains("already done")),
+        "{:?}",
+        p.acted_by_another()
+    );
+    // A failure that is not "already done" says nothing of the kind.
+    let mut p = plan(Action::Promote, false, true);
+    p.landed(
+        Command::Promote,
+        Err(err(RbdErrorKind::NotYetPropagated)),
+        T0,
+    );
+    assert_eq!(p.acted_by_another(), None);
+}
