@@ -537,6 +537,14 @@ async fn sigterm_lets_a_running_demote_finish() {
         .filter(|(_, _, a)| a.starts_with("mirror image demote"))
         .count();
     assert_eq!(demotes, 1);
+    // It gave the run up as it stopped: the next controller takes it at
+    // once, not after the owner TTL.
+    let run = api.get("demote").await.unwrap();
+    let owner = &run.data["status"]["extraFields"]["owner"];
+    assert!(
+        owner.is_null(),
+        "the stopped controller still owns the run: {owner}"
+    );
     let _second = start_controller(&selector, &env);
     let done = wait_done(&client, &ns, "demote", 90).await;
     assert_condition(&done, "True", "Succeeded");

@@ -372,10 +372,15 @@ async fn finish(
     let msg = message(step, images.len(), &exec.progress);
     let mut retried = false;
     let lost = Mutex::new(None);
+    // A controller stopping (SIGTERM, lost lease) gives its runs up as it
+    // records their progress: the next one takes them at once instead of
+    // after the owner TTL. Its mutations have returned by now (the step
+    // ends only then), so there is nothing in flight to wait for.
+    let release = exec.end == StepEnd::Stopped && cause == Some(StopCause::Shutdown);
     let written = writer
         .update(|run| {
             retried = false;
-            owned(run, &ctx.instance, &lost, |s| {
+            let update = owned(run, &ctx.instance, &lost, |s| {
                 let now = Timestamp::now();
                 let mut extra = Extra::of(s);
                 extra.progress = exec.progress.clone();
@@ -411,7 +416,16 @@ async fn finish(
                     (StepEnd::Stopped, _) | (StepEnd::Lost(_), _) => return,
                 };
                 retried = contract::end_attempt(s, run, now, end, &message, res.clone());
-            })
+            });
+            match update {
+                Update::Write(mut s) if release => {
+                    let mut extra = Extra::of(&s);
+                    extra.owner = None;
+                    extra.store(&mut s);
+                    Update::Write(s)
+                }
+                other => other,
+            }
         })
         .await?;
     if let Some(holder) = lost.lock().expect("lost").take() {
