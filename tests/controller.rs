@@ -831,6 +831,16 @@ async fn demote_refuses_an_image_in_use_unless_forced() {
             .param("pool", lab.pool.as_str())
             .param("images", json!([img]))
     };
+    // A rehearsal meets the same refusal, after the same look at the lock.
+    demote()
+        .param("dryRun", "true")
+        .create(&client, &ns, "dry")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "dry", 60).await,
+        "False",
+        "ImageInUse",
+    );
     demote().create(&client, &ns, "in-use").await;
     let done = wait_done(&client, &ns, "in-use", 60).await;
     assert_condition(&done, "False", "ImageInUse");
@@ -961,4 +971,82 @@ async fn legacy_run_objects_follow_their_own_rules() {
             .is_none_or(|a| a.is_empty())
     );
     assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+}
+
+/// `dryRun` on every action: each says what it would do, and the call log
+/// of the controller's rbd shows not one mutating command.
+#[tokio::test]
+async fn dry_runs_say_what_they_would_do_and_change_nothing() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "ctl-dry").await;
+    let img = unique("dry");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let key = format!("{}/{img}", lab.pool);
+    let calls = lab.dir.join("logs").join(format!("rbd-calls-{img}.log"));
+    let selector = unique("dry");
+    let _ctl = start_controller(
+        &selector,
+        &[
+            ("RBD_BINARY", RBD_TIMING),
+            ("RBD_CALL_LOG", calls.to_str().unwrap()),
+        ],
+    );
+    let step = |action: &str, cluster: &str| {
+        RunBuilder::new(&selector)
+            .param("action", action)
+            .param("cluster", cluster)
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]))
+            .param("dryRun", "true")
+    };
+    let cases = [
+        ("demote", step("demote", "site-a"), "would-demote"),
+        (
+            "promote",
+            step("promote", "site-b").param("peerCluster", "site-a"),
+            "would-wait: to promote",
+        ),
+        (
+            "force",
+            step("promote", "site-b").param("force", "true"),
+            "would-force: data-loss window",
+        ),
+        ("resync", step("resync", "site-b"), "would-resync"),
+        (
+            "replaying",
+            step("status", "site-a").param("waitFor", "replaying"),
+            "would-wait: for",
+        ),
+    ];
+    for (name, builder, _) in &cases {
+        builder.clone().create(&client, &ns, name).await;
+    }
+    for (name, _, want) in &cases {
+        let done = wait_done(&client, &ns, name, 60).await;
+        assert_condition(&done, "True", "Succeeded");
+        let outcome = result(&done, "outcomes").unwrap()[&key].clone();
+        assert!(
+            outcome.as_str().is_some_and(|o| o.starts_with(want)),
+            "{name}: {outcome}"
+        );
+    }
+    assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(true));
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
+    let log = rbd_calls(&calls);
+    assert!(!log.is_empty(), "the call log recorded the dry runs' reads");
+    let mutations: Vec<&String> = log
+        .iter()
+        .map(|(_, _, a)| a)
+        .filter(|a| {
+            [
+                "mirror image demote",
+                "mirror image promote",
+                "mirror image resync",
+                "image-meta",
+            ]
+            .iter()
+            .any(|m| a.contains(m))
+        })
+        .collect();
+    assert!(mutations.is_empty(), "a dry run mutated: {mutations:?}");
 }

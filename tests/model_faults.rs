@@ -325,3 +325,41 @@ async fn random_fault_schedules() {
         failures[..failures.len().min(3)].join("\n\n")
     );
 }
+
+/// `dryRun` on every step of every scenario: the model sees reads only, no
+/// demote, promote, resync or journal no-op, whatever the sites' state.
+#[tokio::test(start_paused = true)]
+async fn dry_runs_never_mutate_in_any_scenario() {
+    let opts = Options {
+        dry_run: true,
+        deadline: Duration::from_secs(40),
+        ..Default::default()
+    };
+    let mutating = [Op::Demote, Op::Promote, Op::Resync, Op::JournalMarker];
+    for sc in catalogue() {
+        let r = run(&sc, &opts).await;
+        let mutations: Vec<String> = r
+            .sim
+            .calls()
+            .into_iter()
+            .filter(|c| mutating.contains(&c.op))
+            .map(|c| format!("{:?} {} on {}", c.op, c.target, c.site.name()))
+            .collect();
+        assert!(
+            mutations.is_empty(),
+            "{}: a dry run mutated: {mutations:?}",
+            sc.name
+        );
+        // Every step ended with what it would do, or with the refusal the
+        // real step would meet.
+        for s in &r.steps {
+            for (img, o) in &s.outcomes {
+                assert!(
+                    o.starts_with("would-") || o.starts_with("already-") || o == "checked",
+                    "{}: {img} {o}",
+                    sc.name
+                );
+            }
+        }
+    }
+}

@@ -113,6 +113,9 @@ pub struct RbdMirrorStepSpec {
     /// Promote only: promote even though the peer did not demote (a human decision; loses the peer's unsynced writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
+    /// Plan only: read everything the step would, change nothing, and report per image what it would do (`would-demote`, `would-promote`, `would-wait: ...`, `would-force: ...`, `would-resync`), failing where the real step would refuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
     /// Status only: wait (within the attempt's timeout) until every image is in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,

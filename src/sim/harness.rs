@@ -71,6 +71,8 @@ pub struct Options {
     pub twin: bool,
     /// The second controller starts this much later.
     pub twin_delay: Duration,
+    /// Every step with `dryRun`.
+    pub dry_run: bool,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             deadline: Duration::from_secs(120),
             twin: false,
             twin_delay: Duration::ZERO,
+            dry_run: false,
         }
     }
 }
@@ -148,7 +151,7 @@ pub async fn apply(sim: &Sim, op: &SetupOp) {
     };
 }
 
-fn resolved(st: &StepSpec) -> ResolvedStep {
+fn resolved(st: &StepSpec, dry_run: bool) -> ResolvedStep {
     ResolvedStep {
         action: st.action,
         cluster: st.site.name().into(),
@@ -162,6 +165,7 @@ fn resolved(st: &StepSpec) -> ResolvedStep {
                 .collect(),
         ),
         force: st.force,
+        dry_run,
         wait_for: st.wait_for,
         concurrency: 8,
     }
@@ -184,7 +188,7 @@ async fn run_step(
     resumes: bool,
     owner: Option<(Arc<Mutex<Option<u32>>>, u32)>,
 ) -> Attempted {
-    let step = resolved(st);
+    let step = resolved(st, opts.dry_run);
     let sites = Sites {
         local: sim.site(st.site),
         local_name: st.site.name().into(),

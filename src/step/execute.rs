@@ -319,7 +319,13 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
         let mut obs = Observed::default();
         let mut attempt = 0;
         loop {
-            match plan.next(&obs, began.elapsed()) {
+            let next = plan.next(&obs, began.elapsed());
+            if self.step.dry_run
+                && let Some(outcome) = super::dry_run::would(&self.step.action, &next, &obs)
+            {
+                return Ok(ImageEnd::Done(outcome));
+            }
+            match next {
                 Next::Read(reads) => self.observe(&img, &reads, &mut obs).await?,
                 Next::Checked => return Ok(ImageEnd::Checked(Box::new(plan.clone()))),
                 Next::Record(r) => {

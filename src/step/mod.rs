@@ -1,5 +1,6 @@
 //! One step: resolve → validate → (lock) → plan and execute → report.
 
+pub mod dry_run;
 pub mod execute;
 pub mod failures;
 pub mod locks;

@@ -62,6 +62,9 @@ pub struct ResolvedStep {
     pub selection: Selection,
     #[serde(default)]
     pub force: bool,
+    /// Reads only: what the step would do (`dryRun`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,
     pub concurrency: u32,
@@ -98,6 +101,7 @@ const PARAM_NAMES: &[&str] = &[
     "images",
     "allImages",
     "force",
+    "dryRun",
     "waitFor",
     "concurrency",
 ];
@@ -206,6 +210,7 @@ pub fn overlay(
             "images" => spec.images = Some(images_param(p)?),
             "allImages" => spec.all_images = Some(bool_param(p)?),
             "force" => spec.force = Some(bool_param(p)?),
+            "dryRun" => spec.dry_run = Some(bool_param(p)?),
             "waitFor" => {
                 let s = string_param(p)?;
                 spec.wait_for = if s.is_empty() {
@@ -347,6 +352,7 @@ pub fn validate(spec: &RbdMirrorStepSpec) -> Result<ResolvedStep, InvalidParams>
         rados_namespace: namespace,
         selection,
         force,
+        dry_run: spec.dry_run.unwrap_or(false),
         wait_for: spec.wait_for,
         concurrency,
     })

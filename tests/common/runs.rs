@@ -164,6 +164,7 @@ pub async fn run_namespace(client: &Client, prefix: &str) -> String {
     ns
 }
 
+#[derive(Clone)]
 pub struct RunBuilder {
     pub params: Vec<Value>,
     pub retries: Option<u32>,
