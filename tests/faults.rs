@@ -603,3 +603,51 @@ async fn a_demote_done_by_hand_meanwhile_is_reported_as_acted_by_another() {
     .await;
     assert!(note.contains(&spec), "{note}");
 }
+
+/// faults.md B2: the API server is stopped and started again (3 times here;
+/// `FAULT_B2_ROUNDS` for more): the controller's watches come back every
+/// time, and a run created after each restart is picked up within 10 s.
+#[tokio::test]
+async fn api_server_restarts_lose_no_watch() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "fault-api").await;
+    let img = unique("api");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let ctl = logged_controller("api");
+    let rounds: u32 = std::env::var("FAULT_B2_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for i in 0..rounds {
+        lab_cmd(&["restart", "apiserver"]);
+        let name = format!("after-restart-{i}");
+        RunBuilder::new(&ctl.selector)
+            .param("action", "status")
+            .param("cluster", "site-b")
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]))
+            .create(&client, &ns, &name)
+            .await;
+        let done = wait_done(&client, &ns, &name, 90).await;
+        assert_condition(&done, "True", "Succeeded");
+        let created: jiff::Timestamp = serde_json::to_value(&done.metadata.creation_timestamp)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let started: jiff::Timestamp = done.data["status"]["startTime"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let took = started.duration_since(created);
+        eprintln!("restart {i}: picked up after {took:#}");
+        assert!(
+            took <= jiff::SignedDuration::from_secs(10),
+            "restart {i}: the run was picked up {took:#} after it was created"
+        );
+    }
+    drop(ctl);
+}

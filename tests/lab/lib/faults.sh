@@ -73,3 +73,38 @@ cmd_stopstart() {
     done
   fi
 }
+
+# The control plane's daemons by the names the fault commands take.
+control_daemon() {
+  case ${1:-} in
+    apiserver) echo kube-apiserver ;;
+    etcd) echo etcd ;;
+    tekton) echo tekton-controller ;;
+    controller-manager) echo kube-controller-manager ;;
+    *) die "usage: lab pause|resume|restart apiserver|etcd|tekton|controller-manager" ;;
+  esac
+}
+
+# pause|resume <part>: SIGSTOP/SIGCONT one control-plane daemon (a hung
+# API server or etcd, as a client sees it: connections open, no answers).
+cmd_pause() {
+  local sig=$1 d
+  d=$(control_daemon "${2:-}")
+  alive "$d" || die "$d is not running"
+  kill "-$sig" "$(cat "$LAB_DIR/pids/$d.pid")"
+  log "$d: sent SIG$sig"
+}
+
+# restart <part>: stop it (SIGTERM, then SIGKILL) and start it again, waiting
+# until it serves. Every watch on the API server is dropped by this.
+cmd_restart() {
+  local d
+  d=$(control_daemon "${1:-}")
+  kill -CONT "$(cat "$LAB_DIR/pids/$d.pid" 2>/dev/null)" 2>/dev/null || true
+  stop_daemon "$d" 30
+  case $d in
+    kube-apiserver | etcd) kube_up ;;
+    *) cmd_up ;;
+  esac
+  log "$d: restarted"
+}
