@@ -285,3 +285,20 @@ async fn read_csi_config(
         .ok_or_else(|| fail(format!("has none of the keys {CSI_CONFIG_KEYS:?}")))?;
     csi_rados_namespaces(json).map_err(fail)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csi_config_is_named_by_namespace_and_configmap() {
+        let r: CsiConfigRef = "rook-ceph/rook-ceph-csi-config".parse().unwrap();
+        assert_eq!(
+            (r.namespace.as_str(), r.name.as_str()),
+            ("rook-ceph", "rook-ceph-csi-config")
+        );
+        for bad in ["rook-ceph-csi-config", "/x", "x/", "a/b/c"] {
+            assert!(bad.parse::<CsiConfigRef>().is_err(), "{bad}");
+        }
+    }
+}

@@ -574,6 +574,16 @@ mod tests {
                 "not both",
             ),
             (
+                // Without the controller (the direct `step` command) no
+                // Kubernetes API can turn claims into images.
+                {
+                    let mut b = base();
+                    b[3] = p("pvcSelector", json!("app=db"));
+                    b
+                },
+                "resolved to images by the controller",
+            ),
+            (
                 {
                     let mut b = base();
                     b[2] = p("pool", json!("-x"));
