@@ -256,3 +256,90 @@ async fn bad_pvc_selections_fail_with_a_reason_naming_the_pvc() {
         );
     }
 }
+
+/// The "done when": a planned failover through a real PipelineRun
+/// (Tekton creates the CustomRuns), its first task selecting by
+/// `pvcSelector`, the second taking the first's `images` result; the
+/// pipeline's results name the PVCs.
+#[tokio::test]
+async fn a_pipelinerun_fails_over_the_claims_a_selector_names() {
+    use common::pipelines::{api, pr_result, wait_pipeline};
+    use kube::api::{DynamicObject, PostParams};
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "pvc-pr").await;
+    allow_pvcs(&client, &ns, &ns).await;
+    let app = unique("shop");
+    let imgs: Vec<String> = (0..2)
+        .map(|_| format!("csi-vol-{}", unique("pr")))
+        .collect();
+    for (i, img) in imgs.iter().enumerate() {
+        mirrored_image(&lab.a, &lab.b, &lab.pool, img).await;
+        provisioned_claim(
+            &client,
+            &ns,
+            &format!("data-shop-{i}"),
+            json!({"app": app}),
+            &lab.pool,
+            img,
+        )
+        .await;
+    }
+    let step = |name: &str, params: serde_json::Value, after: &[&str]| {
+        json!({"name": name, "runAfter": after, "params": params,
+               "taskRef": {"apiVersion": "rbdmirror.dev/v1alpha1", "kind": "RbdMirrorStep"}})
+    };
+    let pr: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+        "metadata": {"name": "failover", "labels": {"rbdmirror.dev/test": shared_controller(SEL)}},
+        "spec": {"pipelineSpec": {
+            "tasks": [
+                step("demote", json!([
+                    {"name": "action", "value": "demote"},
+                    {"name": "cluster", "value": "site-a"},
+                    {"name": "pvcSelector", "value": format!("app={app}")},
+                ]), &[]),
+                step("promote", json!([
+                    {"name": "action", "value": "promote"},
+                    {"name": "cluster", "value": "site-b"},
+                    {"name": "peerCluster", "value": "site-a"},
+                    {"name": "images", "value": "$(tasks.demote.results.images)"},
+                ]), &["demote"]),
+            ],
+            "results": [
+                {"name": "pvcs", "value": "$(tasks.demote.results.pvcs)"},
+                {"name": "promoted", "value": "$(tasks.promote.results.outcomes)"},
+            ],
+        }},
+    }))
+    .unwrap();
+    api(&client, &ns, "PipelineRun", "pipelineruns")
+        .create(&PostParams::default(), &pr)
+        .await
+        .expect("create PipelineRun");
+    let done = wait_pipeline(&client, &ns, "failover", 180).await;
+    let (status, reason, message) = condition(&done).unwrap();
+    assert_eq!(status, "True", "{reason}: {message}");
+    let want: serde_json::Map<String, serde_json::Value> = imgs
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            (
+                format!("data-shop-{i}"),
+                json!(format!("{}/{img}", lab.pool)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pr_result(&done, "pvcs").unwrap(),
+        serde_json::Value::Object(want)
+    );
+    let promoted = pr_result(&done, "promoted").unwrap();
+    for img in &imgs {
+        assert_eq!(
+            promoted[format!("{}/{img}", lab.pool)],
+            "promoted",
+            "{promoted}"
+        );
+        assert_eq!(lab.b.is_primary(&lab.pool, img), Some(true));
+    }
+}

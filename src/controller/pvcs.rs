@@ -18,6 +18,7 @@ use kube::api::{Api, ListParams, PostParams};
 use crate::step::pvc::{
     PvcError, PvcQuery, PvcRequest, PvcVolume, bound_volume, csi_rados_namespaces, volume_of,
 };
+use crate::step::resolve::MAX_IMAGES;
 use crate::step::{Failure, Reason};
 
 /// Reads at once; PVC names are bounded by MAX_IMAGES.
@@ -145,6 +146,14 @@ pub async fn resolve_pvcs(
                     e => PvcReadError::Api(e),
                 })?;
             let mut items = list.items;
+            // Refused before a volume is read for any of them.
+            if items.len() > MAX_IMAGES {
+                return Err(refused(PvcError::TooMany {
+                    namespace: ns.into(),
+                    selector: selector.clone(),
+                    count: items.len(),
+                }));
+            }
             // Named order, so results and locks do not depend on list order.
             items.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             items
