@@ -343,3 +343,82 @@ async fn a_pipelinerun_fails_over_the_claims_a_selector_names() {
         assert_eq!(lab.b.is_primary(&lab.pool, img), Some(true));
     }
 }
+
+/// A volume without `radosNamespace` (older ceph-csi) takes its cluster's
+/// entry of the ceph-csi config the controller was pointed at
+/// (`--ceph-csi-config`, here Rook's ConfigMap and key); a volume of a
+/// cluster the config does not know is refused, naming the claim.
+#[tokio::test]
+async fn older_volumes_take_their_namespace_from_the_ceph_csi_config() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "pvc-csicfg").await;
+    allow_pvcs(&client, &ns, &ns).await;
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "rook-ceph-csi-config"},
+        "data": {"csi-cluster-config-json": serde_json::to_string(&json!([
+            {"clusterID": "rook-ceph", "monitors": ["127.0.0.1:6789"], "rbd": {"radosNamespace": ""}}
+        ])).unwrap()},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let selector = unique("csicfg");
+    let _ctl = start_controller(
+        &selector,
+        &[(
+            "RBDSTEP_CEPH_CSI_CONFIG",
+            format!("{ns}/rook-ceph-csi-config").as_str(),
+        )],
+    );
+    let img = format!("csi-vol-{}", unique("cfg"));
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    provisioned_claim(
+        &client,
+        &ns,
+        "known",
+        json!({"case": "known"}),
+        &lab.pool,
+        &img,
+    )
+    .await;
+    let c = claim(&client, &ns, "unknown", json!({"case": "unknown"})).await;
+    let mut attrs = provisioned_attributes(&lab.pool, &img);
+    attrs["clusterID"] = json!("another-ceph");
+    let uid = c.metadata.uid.clone().unwrap();
+    volume_for(
+        &client,
+        &c,
+        &format!("pvc-{uid}"),
+        RBD_DRIVER,
+        &volume_handle(&uid),
+        attrs,
+    )
+    .await;
+    wait_bound(&client, &ns, "unknown").await;
+    let step = |pvc: &str| {
+        RunBuilder::new(&selector)
+            .param("action", "status")
+            .param("cluster", "site-a")
+            .param("pvcs", json!([pvc]))
+    };
+    step("known").create(&client, &ns, "known").await;
+    step("unknown").create(&client, &ns, "unknown").await;
+    let done = wait_done(&client, &ns, "known", 60).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(
+        result(&done, "pvcs").unwrap(),
+        json!({"known": format!("{}/{img}", lab.pool)})
+    );
+    let done = wait_done(&client, &ns, "unknown", 60).await;
+    assert_condition(&done, "False", "InvalidPvc");
+    let (_, _, message) = condition(&done).unwrap();
+    assert!(
+        message.contains(&format!("PVC {ns}/unknown"))
+            && message.contains("\"another-ceph\", which the ceph-csi config has no entry for"),
+        "{message}"
+    );
+}

@@ -136,9 +136,15 @@ pub async fn reconcile(
                 .await?;
             info!(action = step.action.as_str(), cluster = %step.cluster, "started");
             if !contract::is_done(&written.status) {
-                let images = match &step.selection {
-                    crate::step::Selection::Images(l) => format!("{} images", l.len()),
-                    crate::step::Selection::AllImages => "all mirrored images".into(),
+                let images = match (&step.selection, &step.pvcs) {
+                    (crate::step::Selection::Images(l), Some(p)) => format!(
+                        "{} images of {} PVCs in namespace {}",
+                        l.len(),
+                        p.images.len(),
+                        p.namespace
+                    ),
+                    (crate::step::Selection::Images(l), None) => format!("{} images", l.len()),
+                    (crate::step::Selection::AllImages, _) => "all mirrored images".into(),
                 };
                 ctx.event(
                     &written,
