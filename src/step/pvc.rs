@@ -71,7 +71,26 @@ pub fn request(
     spec: &RbdMirrorStepSpec,
     run_namespace: &str,
 ) -> Result<Option<PvcRequest>, InvalidParams> {
-    let query = match (&spec.pvcs, &spec.pvc_selector) {
+    // A pipeline passes every param it declares, empty by default: an empty
+    // way of selecting beside a non-empty one is "not this way", so one
+    // pipeline can take either images or PVCs. Alone, an empty one is an
+    // error below (it selects nothing, or for a selector, everything).
+    let images_given =
+        spec.images.as_ref().is_some_and(|l| !l.is_empty()) || spec.all_images == Some(true);
+    let names_given = spec.pvcs.as_ref().is_some_and(|l| !l.is_empty());
+    let selector_given = spec
+        .pvc_selector
+        .as_ref()
+        .is_some_and(|s| !s.trim().is_empty());
+    let pvcs = spec
+        .pvcs
+        .as_ref()
+        .filter(|l| !l.is_empty() || !(images_given || selector_given));
+    let selector = spec
+        .pvc_selector
+        .as_ref()
+        .filter(|s| !s.trim().is_empty() || !(images_given || names_given));
+    let query = match (pvcs, selector) {
         (None, None) => {
             if let Some(ns) = &spec.pvc_namespace {
                 return invalid(format!(
@@ -117,7 +136,7 @@ pub fn request(
             PvcQuery::Selector(sel.trim().to_string())
         }
     };
-    if spec.images.is_some() {
+    if spec.images.as_ref().is_some_and(|l| !l.is_empty()) {
         return invalid("give either \"images\" or PVCs (\"pvcs\", \"pvcSelector\"), not both");
     }
     if spec.all_images == Some(true) {
@@ -849,6 +868,29 @@ mod tests {
             request(&spec(json!({"images": ["x"]})), "run-ns").unwrap(),
             None
         );
+        // A pipeline's empty defaults beside the way it does select.
+        assert_eq!(
+            request(
+                &spec(json!({"images": ["x"], "pvcs": [], "pvcSelector": ""})),
+                "run-ns"
+            )
+            .unwrap(),
+            None
+        );
+        let r = request(
+            &spec(json!({"images": [], "pvcs": [], "pvcSelector": "app=db"})),
+            "run-ns",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.query, PvcQuery::Selector("app=db".into()));
+        let r = request(
+            &spec(json!({"images": [], "pvcs": ["a"], "pvcSelector": " "})),
+            "run-ns",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.query, PvcQuery::Names(vec!["a".into()]));
         let cases = [
             (json!({"pvcs": ["a"], "pvcSelector": "app=db"}), "not both"),
             (

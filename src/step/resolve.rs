@@ -290,7 +290,13 @@ pub fn validate(spec: &RbdMirrorStepSpec) -> Result<ResolvedStep, InvalidParams>
             ));
         }
     }
-    if spec.pvcs.is_some() || spec.pvc_selector.is_some() {
+    // Empty ones are a pipeline's defaults beside `images` (step/pvc.rs).
+    if spec.pvcs.as_ref().is_some_and(|l| !l.is_empty())
+        || spec
+            .pvc_selector
+            .as_ref()
+            .is_some_and(|s| !s.trim().is_empty())
+    {
         // The controller turns PVCs into images (controller/pvcs.rs) before
         // validating; only a step run without Kubernetes gets here with them.
         return invalid(
