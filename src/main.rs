@@ -91,6 +91,12 @@ struct RunArgs {
     /// Address of /healthz and /readyz (e.g. 0.0.0.0:8081).
     #[arg(long, env = "RBDSTEP_HEALTH_ADDR", global = true)]
     health_addr: Option<std::net::SocketAddr>,
+    /// ceph-csi's config ConfigMap as <namespace>/<name> (e.g.
+    /// rook-ceph/rook-ceph-csi-config), read for PVC-selected volumes whose
+    /// PersistentVolume does not carry its RADOS namespace (older ceph-csi).
+    /// The controller then needs get on that one ConfigMap.
+    #[arg(long, env = "RBDSTEP_CEPH_CSI_CONFIG", global = true)]
+    ceph_csi_config: Option<controller::pvcs::CsiConfigRef>,
     /// Exit when standard input closes (for tests that own the controller).
     #[arg(long, hide = true, global = true)]
     exit_on_stdin_eof: bool,
@@ -179,6 +185,7 @@ async fn run(args: RunArgs) -> ExitCode {
         concurrency: args.concurrency,
         label_selector: args.label_selector,
         health_addr: args.health_addr,
+        ceph_csi_config: args.ceph_csi_config.clone(),
         leader_election: args.leader_election.then(|| controller::LeaderElection {
             namespace: args
                 .lease_namespace

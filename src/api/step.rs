@@ -107,6 +107,17 @@ pub struct RbdMirrorStepSpec {
     /// Images as `image`, `pool/image` or `pool/namespace/image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+    /// PersistentVolumeClaims (names, in `pvcNamespace`) whose ceph-csi RBD
+    /// volumes are the images, instead of `images`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvcs: Option<Vec<String>>,
+    /// A label selector (`app=db,tier in (a,b)`) choosing the PersistentVolumeClaims
+    /// in `pvcNamespace` whose volumes are the images; it must match at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_selector: Option<String>,
+    /// Namespace of the PersistentVolumeClaims (default: the run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_namespace: Option<String>,
     /// Act on every mirror-enabled image of the pool instead of `images`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all_images: Option<bool>,

@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod owner;
+pub mod pvcs;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
@@ -67,6 +68,9 @@ pub struct Config {
     pub leader_election: Option<LeaderElection>,
     /// Where `/healthz` and `/readyz` listen (None: nowhere).
     pub health_addr: Option<std::net::SocketAddr>,
+    /// ceph-csi's config ConfigMap, for volumes that do not carry their
+    /// RADOS namespace (older ceph-csi). None: such volumes have none.
+    pub ceph_csi_config: Option<pvcs::CsiConfigRef>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +91,7 @@ impl Default for Config {
             label_selector: None,
             leader_election: None,
             health_addr: None,
+            ceph_csi_config: None,
         }
     }
 }

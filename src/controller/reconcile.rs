@@ -12,6 +12,7 @@ use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
 use super::owner::{self, OWNER_TTL, Owner};
+use super::pvcs::{PvcReadError, resolve_pvcs};
 use super::status::{StatusWriter, Update, unless_done};
 use super::task::{Extra, StopCause};
 use super::{Context, Error};
@@ -19,8 +20,9 @@ use crate::api::step::{API_VERSION, KIND};
 use crate::api::{Flavor, RbdMirrorStep, RbdMirrorStepSpec, TektonRun};
 use crate::contract::{self, AttemptEnd, Decision};
 use crate::step::outcome::results;
+use crate::step::pvc::{self, pvc_results};
 use crate::step::resolve::{InvalidParams, embedded_spec, overlay, validate};
-use crate::step::{Reason, ResolvedStep};
+use crate::step::{Failure, Reason, ResolvedStep};
 
 pub fn is_ours(obj: &DynamicObject) -> bool {
     TektonRun::task_identity(obj).is_some_and(|(api, kind)| api == API_VERSION && kind == KIND)
@@ -103,12 +105,14 @@ pub async fn reconcile(
         Decision::Start => {
             let step = match resolve(&ctx, &run).await {
                 Ok(s) => s,
-                Err(e) => {
-                    info!(error = %crate::redact::message(&e.0), "invalid step");
-                    let written = writer.fail_invalid(&e.0).await?;
+                Err(ResolveError::Refused(f)) => {
+                    info!(reason = f.reason.as_str(), error = %crate::redact::message(&f.message), "invalid step");
+                    let written = writer.fail(f.reason, &f.message).await?;
                     ctx.final_event(&written).await;
                     return Ok(Requeue::await_change());
                 }
+                // Reading PVCs failed: nothing was started, reconcile again.
+                Err(ResolveError::Api(e)) => return Err(Error::Kube(e)),
             };
             let written = writer
                 .update(|r| {
@@ -132,9 +136,15 @@ pub async fn reconcile(
                 .await?;
             info!(action = step.action.as_str(), cluster = %step.cluster, "started");
             if !contract::is_done(&written.status) {
-                let images = match &step.selection {
-                    crate::step::Selection::Images(l) => format!("{} images", l.len()),
-                    crate::step::Selection::AllImages => "all mirrored images".into(),
+                let images = match (&step.selection, &step.pvcs) {
+                    (crate::step::Selection::Images(l), Some(p)) => format!(
+                        "{} images of {} PVCs in namespace {}",
+                        l.len(),
+                        p.images.len(),
+                        p.namespace
+                    ),
+                    (crate::step::Selection::Images(l), None) => format!("{} images", l.len()),
+                    (crate::step::Selection::AllImages, _) => "all mirrored images".into(),
                 };
                 ctx.event(
                     &written,
@@ -224,12 +234,78 @@ fn extra_results(extra: &Extra) -> Vec<crate::api::RunResult> {
             .unwrap_or_else(|| step.images().iter().map(|i| i.to_string()).collect()),
         None => return vec![],
     };
-    results(&images, &extra.progress, Duration::ZERO)
+    let mut r = results(&images, &extra.progress, Duration::ZERO);
+    if let Some(step) = &extra.step {
+        r.extend(pvc_results(step, &extra.progress));
+    }
+    r
 }
 
-/// Params over the referenced (or embedded) RbdMirrorStep spec.
-pub async fn resolve(ctx: &Context, run: &TektonRun) -> Result<ResolvedStep, InvalidParams> {
-    let base: RbdMirrorStepSpec = if let Some(name) = run
+/// Why a run's step could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The run ends with this reason: retrying cannot help.
+    #[error("{}", .0.message)]
+    Refused(Failure),
+    /// The API server did not answer a read: reconcile again.
+    #[error("Kubernetes API: {0}")]
+    Api(#[source] kube::Error),
+}
+
+impl From<InvalidParams> for ResolveError {
+    fn from(e: InvalidParams) -> Self {
+        ResolveError::Refused(Failure::new(Reason::InvalidParams, e.0))
+    }
+}
+
+/// Params over the referenced (or embedded) RbdMirrorStep spec; PVCs read
+/// and turned into images here, once, when the run starts.
+pub async fn resolve(ctx: &Context, run: &TektonRun) -> Result<ResolvedStep, ResolveError> {
+    let spec = overlay(&base_spec(ctx, run).await?, &run.spec.params)?;
+    let Some(request) = pvc::request(&spec, run.namespace())? else {
+        return Ok(validate(&spec)?);
+    };
+    let sa = run
+        .spec
+        .service_account_name
+        .as_deref()
+        .unwrap_or("default");
+    let volumes = resolve_pvcs(
+        &ctx.client,
+        run.namespace(),
+        sa,
+        &request,
+        ctx.config.ceph_csi_config.as_ref(),
+    )
+    .await
+    .map_err(|e| match e {
+        PvcReadError::Refused(f) => ResolveError::Refused(f),
+        PvcReadError::Api(e) => ResolveError::Api(e),
+    })?;
+    let selected = pvc::select(
+        &request,
+        volumes,
+        spec.pool.as_deref(),
+        spec.rados_namespace.as_deref(),
+    )
+    .map_err(|e| ResolveError::Refused(Failure::new(Reason::InvalidPvc, e.to_string())))?;
+    let mut spec = spec;
+    spec.images = Some(selected.images);
+    spec.pvcs = None;
+    spec.pvc_selector = None;
+    spec.pvc_namespace = None;
+    // The images carry their pools; `pool` names the common one for the
+    // messages (claims in several pools leave it empty).
+    if spec.pool.as_deref().is_none_or(str::is_empty) {
+        spec.pool = selected.pool;
+    }
+    let mut step = validate(&spec)?;
+    step.pvcs = Some(selected.record);
+    Ok(step)
+}
+
+async fn base_spec(ctx: &Context, run: &TektonRun) -> Result<RbdMirrorStepSpec, InvalidParams> {
+    let base = if let Some(name) = run
         .spec
         .task_ref
         .as_ref()
@@ -256,7 +332,7 @@ pub async fn resolve(ctx: &Context, run: &TektonRun) -> Result<ResolvedStep, Inv
     } else {
         RbdMirrorStepSpec::default()
     };
-    validate(&overlay(&base, &run.spec.params)?)
+    Ok(base)
 }
 
 /// A run of ours whose spec or status does not parse: fail it with what

@@ -24,6 +24,7 @@ use crate::ceph::image::{check_namespace, check_pool};
 use crate::ceph::{Ceph, ImageSpec};
 use crate::contract::{self, AttemptEnd};
 use crate::step::outcome::{results, summary};
+use crate::step::pvc::pvc_results;
 use crate::step::resolve::{MAX_CONCURRENCY, MAX_IMAGES};
 use crate::step::select::mirror_images;
 use crate::step::{
@@ -140,6 +141,19 @@ fn check_resolved(step: &ResolvedStep, progress: &Progress) -> Result<(), String
         return Err(format!("{} images; at most {MAX_IMAGES}", names.len()));
     }
     crate::step::resolve::check_name_budget(names.iter().copied()).map_err(|e| e.0)?;
+    // A claim may only name an image the step acts on: the PVC results must
+    // not report an image that was never selected.
+    if let Some(p) = &step.pvcs
+        && let Some((claim, image)) = p
+            .images
+            .iter()
+            .find(|(_, i)| !names.contains(&i.0.as_str()))
+    {
+        return Err(format!(
+            "PVC {claim} names image {}, which the step does not select",
+            image.0
+        ));
+    }
     for n in names {
         ImageSpec::parse(n, &step.pool, step.rados_namespace.as_deref())
             .map_err(|e| e.to_string())?;
@@ -368,7 +382,8 @@ async fn finish(
     } else {
         exec.images.clone()
     };
-    let res = results(&images, &exec.progress, exec.elapsed);
+    let mut res = results(&images, &exec.progress, exec.elapsed);
+    res.extend(pvc_results(step, &exec.progress));
     let msg = message(step, images.len(), &exec.progress);
     let mut retried = false;
     let lost = Mutex::new(None);

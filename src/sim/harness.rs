@@ -168,6 +168,7 @@ fn resolved(st: &StepSpec, dry_run: bool) -> ResolvedStep {
         dry_run,
         wait_for: st.wait_for,
         concurrency: 8,
+        pvcs: None,
     }
 }
 

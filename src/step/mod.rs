@@ -1,4 +1,4 @@
-//! One step: resolve → validate → (lock) → plan and execute → report.
+//! One step: resolve (PVCs → images) → validate → (lock) → plan and execute → report.
 
 pub mod dry_run;
 pub mod execute;
@@ -7,6 +7,7 @@ pub mod locks;
 pub mod outcome;
 pub mod plan;
 pub mod promote_guard;
+pub mod pvc;
 pub mod resolve;
 pub mod select;
 

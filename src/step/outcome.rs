@@ -12,6 +12,9 @@ use crate::api::RunResult;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reason {
     InvalidParams,
+    /// A selected PersistentVolumeClaim names no RBD image this step can
+    /// act on (missing, unbound, not ceph-csi RBD, another pool...).
+    InvalidPvc,
     SecretNotFound,
     InvalidSecret,
     Forbidden,
@@ -34,6 +37,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidParams => "InvalidParams",
+            Reason::InvalidPvc => "InvalidPvc",
             Reason::SecretNotFound => "SecretNotFound",
             Reason::InvalidSecret => "InvalidSecret",
             Reason::Forbidden => "Forbidden",

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::pvc::SelectedPvcs;
 use crate::api::{Action, Param, RbdMirrorStepSpec, WaitFor};
 use crate::ceph::ImageSpec;
 use crate::ceph::image::{check_namespace, check_pool};
@@ -68,6 +69,10 @@ pub struct ResolvedStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,
     pub concurrency: u32,
+    /// The PVCs the images were selected by, resolved once when the run
+    /// started (a selector is never evaluated again, not even on resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvcs: Option<SelectedPvcs>,
 }
 
 impl ResolvedStep {
@@ -99,6 +104,9 @@ const PARAM_NAMES: &[&str] = &[
     "pool",
     "radosNamespace",
     "images",
+    "pvcs",
+    "pvcSelector",
+    "pvcNamespace",
     "allImages",
     "force",
     "dryRun",
@@ -147,16 +155,17 @@ fn bool_param(p: &Param) -> Result<bool, InvalidParams> {
     }
 }
 
-/// `images`: an array param, a JSON array in a string (so one step's
-/// `images` result feeds the next step), or one image name.
+/// `images` (and `pvcs`): an array param, a JSON array in a string (so one
+/// step's `images` result feeds the next step), or one name.
 fn images_param(p: &Param) -> Result<Vec<String>, InvalidParams> {
+    let name = &p.name;
     let strings = |items: &Vec<Value>| -> Result<Vec<String>, InvalidParams> {
         items
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.trim().to_string()),
                 other => invalid(format!(
-                    "param \"images\" must hold strings, got {}",
+                    "param {name:?} must hold strings, got {}",
                     kind_of(other)
                 )),
             })
@@ -168,14 +177,14 @@ fn images_param(p: &Param) -> Result<Vec<String>, InvalidParams> {
             match serde_json::from_str::<Value>(s) {
                 Ok(Value::Array(items)) => strings(&items),
                 _ => invalid(format!(
-                    "param \"images\" is not a JSON array of strings: {s:?}"
+                    "param {name:?} is not a JSON array of strings: {s:?}"
                 )),
             }
         }
         Value::String(s) if s.trim().is_empty() => Ok(vec![]),
         Value::String(s) => Ok(vec![s.trim().to_string()]),
         other => invalid(format!(
-            "param \"images\" must be an array of image names, got {}",
+            "param {name:?} must be an array of names, got {}",
             kind_of(other)
         )),
     }
@@ -208,6 +217,9 @@ pub fn overlay(
                 spec.rados_namespace = Some(string_param(p)?).filter(|s| !s.is_empty())
             }
             "images" => spec.images = Some(images_param(p)?),
+            "pvcs" => spec.pvcs = Some(images_param(p)?),
+            "pvcSelector" => spec.pvc_selector = Some(string_param(p)?),
+            "pvcNamespace" => spec.pvc_namespace = Some(string_param(p)?).filter(|s| !s.is_empty()),
             "allImages" => spec.all_images = Some(bool_param(p)?),
             "force" => spec.force = Some(bool_param(p)?),
             "dryRun" => spec.dry_run = Some(bool_param(p)?),
@@ -277,6 +289,19 @@ pub fn validate(spec: &RbdMirrorStepSpec) -> Result<ResolvedStep, InvalidParams>
                 "peerCluster {peer:?} is the same as cluster: name the other site's Secret"
             ));
         }
+    }
+    // Empty ones are a pipeline's defaults beside `images` (step/pvc.rs).
+    if spec.pvcs.as_ref().is_some_and(|l| !l.is_empty())
+        || spec
+            .pvc_selector
+            .as_ref()
+            .is_some_and(|s| !s.trim().is_empty())
+    {
+        // The controller turns PVCs into images (controller/pvcs.rs) before
+        // validating; only a step run without Kubernetes gets here with them.
+        return invalid(
+            "PVCs (pvcs, pvcSelector) are resolved to images by the controller, from the Kubernetes API; name the images instead",
+        );
     }
     let pool = spec.pool.clone().unwrap_or_default();
     let namespace = spec.rados_namespace.clone();
@@ -355,6 +380,7 @@ pub fn validate(spec: &RbdMirrorStepSpec) -> Result<ResolvedStep, InvalidParams>
         dry_run: spec.dry_run.unwrap_or(false),
         wait_for: spec.wait_for,
         concurrency,
+        pvcs: None,
     })
 }
 
@@ -552,6 +578,16 @@ mod tests {
                     b
                 },
                 "not both",
+            ),
+            (
+                // Without the controller (the direct `step` command) no
+                // Kubernetes API can turn claims into images.
+                {
+                    let mut b = base();
+                    b[3] = p("pvcSelector", json!("app=db"));
+                    b
+                },
+                "resolved to images by the controller",
             ),
             (
                 {

@@ -12,6 +12,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub mod pipelines;
+pub mod pvcs;
 pub mod runs;
 
 pub struct Site {

@@ -28,17 +28,16 @@ build_etcd() {
     mv "$d/bin/etcd.tmp" "$d/bin/etcd" )
 }
 
-build_kube() {
-  local d="$LAB_CACHE/kubernetes-$KUBERNETES_VERSION" v=$KUBERNETES_VERSION
-  [[ -x $d/bin/kube-apiserver ]] && return 0
-  log "building kube-apiserver $v (cold: 10-20 minutes on 2 cores)"
-  prepare "$d"
-  local minor=${v#v1.}; minor=${minor%%.*}
-  local staging="v0.${v#v1.}"
-  ( cd "$d/src"
+# kube_wrapper <dir> <version> <go import of the command's app package> <constructor>:
+# a module that builds one Kubernetes command from the published
+# k8s.io/kubernetes module at <version>, into <dir>/bin/<name of dir's part>.
+kube_wrapper() {
+  local src=$1 v=$2 app=$3 ctor=$4
+  ( cd "$src"
     # The published k8s.io/kubernetes go.mod requires its staging modules at
     # v0.0.0 and maps them into ./staging with replace directives, which are
     # ignored in a dependency: map every one of them to its published tag.
+    local staging="v0.${v#v1.}"
     go mod download -json "k8s.io/kubernetes@$v" > dl.json
     cp "$(jq -r .GoMod dl.json)" upstream.mod
     {
@@ -50,23 +49,52 @@ build_kube() {
         while read -r m; do echo "	$m => $m $staging"; done
       echo ")"
     } > go.mod
-    cat > main.go <<'GO'
+    cat > main.go <<GO
 package main
 
 import (
 	"os"
 
 	"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+	"$app"
 )
 
-func main() { os.Exit(cli.Run(app.NewAPIServerCommand())) }
+func main() { os.Exit(cli.Run(app.$ctor())) }
 GO
-    go mod tidy >/dev/null 2>&1 || go mod tidy
-    local pkg=k8s.io/component-base/version
+    go mod tidy >/dev/null 2>&1 || go mod tidy )
+}
+
+# kube_build <dir> <version> <binary>: the wrapper in <dir>/src, built with the
+# version stamped in (/version must report it: knative checks a minimum).
+kube_build() {
+  local d=$1 v=$2 bin=$3
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local pkg=k8s.io/component-base/version
+  ( cd "$d/src"
     go build -trimpath -ldflags="-s -w -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean" \
-      -o "$d/bin/kube-apiserver.tmp" .
-    mv "$d/bin/kube-apiserver.tmp" "$d/bin/kube-apiserver" )
+      -o "$d/bin/$bin.tmp" .
+    mv "$d/bin/$bin.tmp" "$d/bin/$bin" )
+}
+
+build_kube() {
+  local d="$LAB_CACHE/kubernetes-$KUBERNETES_VERSION" v=$KUBERNETES_VERSION
+  [[ -x $d/bin/kube-apiserver ]] && return 0
+  log "building kube-apiserver $v (cold: 10-20 minutes on 2 cores)"
+  prepare "$d"
+  kube_wrapper "$d/src" "$v" k8s.io/kubernetes/cmd/kube-apiserver/app NewAPIServerCommand
+  kube_build "$d" "$v" kube-apiserver
+}
+
+# kube-controller-manager, from the same pinned module as kube-apiserver, in
+# its own cache folder so that building it never disturbs a built apiserver.
+# Go's build cache already holds most of Kubernetes after kube-apiserver.
+build_kcm() {
+  local d="$LAB_CACHE/kube-controller-manager-$KUBERNETES_VERSION" v=$KUBERNETES_VERSION
+  [[ -x $d/bin/kube-controller-manager ]] && return 0
+  log "building kube-controller-manager $v (after kube-apiserver: several minutes on 2 cores)"
+  prepare "$d"
+  kube_wrapper "$d/src" "$v" k8s.io/kubernetes/cmd/kube-controller-manager/app NewControllerManagerCommand
+  kube_build "$d" "$v" kube-controller-manager
 }
 
 build_tekton() {
@@ -114,12 +142,13 @@ what=${1:-all}
 case $what in
   etcd) build_etcd ;;
   kube) build_kube ;;
+  kcm) build_kcm ;;
   tekton) build_tekton ;;
   legacy) build_tekton_legacy_crds ;;
   tkn) build_tkn ;;
   all)
-    build_etcd; build_kube; build_tekton; build_tekton_legacy_crds
+    build_etcd; build_kube; build_kcm; build_tekton; build_tekton_legacy_crds
     [[ ${LAB_BUILD_TKN:-0} == 1 ]] && build_tkn
     log "all lab binaries are in $LAB_CACHE" ;;
-  *) echo "usage: build.sh [all|etcd|kube|tekton|legacy|tkn]" >&2; exit 2 ;;
+  *) echo "usage: build.sh [all|etcd|kube|kcm|tekton|legacy|tkn]" >&2; exit 2 ;;
 esac

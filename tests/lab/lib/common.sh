@@ -8,11 +8,13 @@ SITES=(a b)
 
 ETCD_BIN=$LAB_CACHE/etcd-$ETCD_VERSION/bin/etcd
 APISERVER_BIN=$LAB_CACHE/kubernetes-$KUBERNETES_VERSION/bin/kube-apiserver
+KCM_BIN=$LAB_CACHE/kube-controller-manager-$KUBERNETES_VERSION/bin/kube-controller-manager
 TEKTON_DIR=$LAB_CACHE/tekton-$TEKTON_PIPELINE_VERSION
 TEKTON_BIN=$TEKTON_DIR/bin/controller
 ETCD_PORT=22379
 API_PORT=16443
 TEKTON_PROBES_PORT=18080
+KCM_PORT=20257
 
 log() { printf '[lab %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
