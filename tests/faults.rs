@@ -615,6 +615,20 @@ async fn api_server_restarts_lose_no_watch() {
     let img = unique("api");
     mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     let ctl = logged_controller("api");
+    let status = || {
+        RunBuilder::new(&ctl.selector)
+            .param("action", "status")
+            .param("cluster", "site-b")
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]))
+    };
+    // The controller serves before the first restart.
+    status().create(&client, &ns, "before").await;
+    assert_condition(
+        &wait_done(&client, &ns, "before", 60).await,
+        "True",
+        "Succeeded",
+    );
     let rounds: u32 = std::env::var("FAULT_B2_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -622,13 +636,7 @@ async fn api_server_restarts_lose_no_watch() {
     for i in 0..rounds {
         lab_cmd(&["restart", "apiserver"]);
         let name = format!("after-restart-{i}");
-        RunBuilder::new(&ctl.selector)
-            .param("action", "status")
-            .param("cluster", "site-b")
-            .param("pool", lab.pool.as_str())
-            .param("images", json!([img]))
-            .create(&client, &ns, &name)
-            .await;
+        status().create(&client, &ns, &name).await;
         let done = wait_done(&client, &ns, &name, 90).await;
         assert_condition(&done, "True", "Succeeded");
         let created: jiff::Timestamp = serde_json::to_value(&done.metadata.creation_timestamp)

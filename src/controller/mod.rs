@@ -250,11 +250,28 @@ async fn watch_deletions(ctx: Arc<Context>, flavor: Flavor, wc: watcher::Config)
     }
 }
 
+/// Whether the API server serves `flavor`'s resource. Only a 404 says no:
+/// an API server that does not answer (restarting, unreachable) is asked
+/// again, with a growing pause, until it does, so that a controller started
+/// while its API server restarts waits for it instead of exiting with a
+/// wrong diagnosis.
 async fn served(client: &kube::Client, flavor: Flavor) -> bool {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &flavor.api_resource());
-    api.list_metadata(&kube::api::ListParams::default().limit(1))
-        .await
-        .is_ok()
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match api
+            .list_metadata(&kube::api::ListParams::default().limit(1))
+            .await
+        {
+            Ok(_) => return true,
+            Err(kube::Error::Api(e)) if e.code == 404 => return false,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?pause, "the API server did not answer whether it serves {}", flavor.kind());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 async fn controller_for(ctx: Arc<Context>, flavor: Flavor, shutdown: CancellationToken) {

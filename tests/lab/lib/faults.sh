@@ -95,13 +95,14 @@ cmd_pause() {
   log "$d: sent SIG$sig"
 }
 
-# restart <part>: stop it (SIGTERM, then SIGKILL) and start it again, waiting
-# until it serves. Every watch on the API server is dropped by this.
+# restart <part>: stop it (SIGTERM, SIGKILL after 5 s: the API server drains
+# its watches for longer than that, and a crash is what this stands for)
+# and start it again, waiting until it serves. Every watch is dropped.
 cmd_restart() {
   local d
   d=$(control_daemon "${1:-}")
   kill -CONT "$(cat "$LAB_DIR/pids/$d.pid" 2>/dev/null)" 2>/dev/null || true
-  stop_daemon "$d" 30
+  stop_daemon "$d" 5
   case $d in
     kube-apiserver | etcd) kube_up ;;
     *) cmd_up ;;
