@@ -1684,6 +1684,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_fresh_journal_secondary_never_replays_a_peer_already_demoted_again() {
+        // Lab P10 as the conformance test saw it on real Ceph: B is primary
+        // for a moment only, before A's replayer starts.
+        let s = sim(Mode::Journal);
+        s.demote(Site::A, K).unwrap();
+        wait(2500).await;
+        s.promote(Site::B, K, false).unwrap();
+        s.write(Site::B, K).unwrap();
+        s.demote(Site::B, K).unwrap();
+        wait(60_000).await;
+        assert!(s.writes(Site::A, K).is_empty());
+        assert_eq!(
+            s.status_of(Site::A, K).unwrap(),
+            ("up+unknown".into(), "remote image is not primary".into())
+        );
+        // So Ceph would promote A's stale copy at once.
+        assert_eq!(s.promotion(Site::A, K), Some(Promotion::Orphan));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn resync_passes_through_absence_and_a_new_id() {
         let s = sim(Mode::Journal);
         s.promote(Site::B, K, true).unwrap();
