@@ -188,12 +188,34 @@ async fn json(site: Site, args: &[&str]) -> Option<serde_json::Value> {
         .flatten()
 }
 
+const LAB_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab");
+
+/// A `lab` command that inherits no descriptor beyond stdio. A daemon it
+/// (re)starts lives on after this test; had it inherited the descriptor of
+/// the shared lab lock (`flock /tmp/lab-use.lock cargo test ...` passes it
+/// down), the lock would stay held by that rbd-mirror for good, as it did
+/// on 2026-11-30.
+fn lab_command(args: &[&str]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    unsafe extern "C" {
+        fn close_range(first: u32, last: u32, flags: i32) -> i32;
+    }
+    let mut c = std::process::Command::new(LAB_SCRIPT);
+    c.args(args).stdin(Stdio::null());
+    // SAFETY: close_range is a plain system call, async-signal-safe, run in
+    // the child between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            close_range(3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    c
+}
+
 /// The lab's own command for daemons and sites (tests/lab/lib/faults.sh).
 async fn lab_cmd(args: &[&str]) -> Result<(), String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab");
-    let out = Command::new(script)
-        .args(args)
-        .stdin(Stdio::null())
+    let out = Command::from(lab_command(args))
         .output()
         .await
         .expect("lab script");
@@ -242,16 +264,11 @@ impl Restore {
 impl Drop for Restore {
     fn drop(&mut self) {
         let Ok(d) = self.0.lock() else { return };
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab");
         for s in &d.sites {
-            let _ = std::process::Command::new(script)
-                .args(["thaw", s.name()])
-                .status();
+            let _ = lab_command(&["thaw", s.name()]).status();
         }
         for s in &d.daemons {
-            let _ = std::process::Command::new(script)
-                .args(["start", s.name(), "rbd-mirror"])
-                .status();
+            let _ = lab_command(&["start", s.name(), "rbd-mirror"]).status();
         }
     }
 }
