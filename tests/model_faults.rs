@@ -134,6 +134,7 @@ scenarios! {
     journal_promote_without_peer => "journal-promote-without-peer",
     p10_chained_failover_journal => "p10-chained-failover-journal",
     p10_chained_failover_journal_unwritten => "p10-chained-failover-journal-unwritten",
+    chained_failover_journal_settled => "chained-failover-journal-settled",
     c11_stale_snapshot_promote => "c11-stale-snapshot-promote",
     c11_stale_snapshot_promote_no_peer => "c11-stale-snapshot-promote-no-peer",
     c3a_daemon_back => "c3a-daemon-back",

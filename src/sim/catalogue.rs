@@ -242,10 +242,18 @@ pub fn catalogue() -> Vec<Scenario> {
             ..Default::default()
         },
     });
+    // Lab P10, replayed on real Ceph (tests/conformance.rs): when B is
+    // promoted and demoted again before A's rbd-mirror starts a replayer for
+    // the image (A demoted < 5 s earlier), A never replays B's history: it
+    // stays `up+unknown` "remote image is not primary" with its own demotion
+    // as its newest tag, which Ceph would promote at once (stale). The
+    // guarded promote can therefore never prove B's history arrived: it must
+    // wait (or refuse), never succeed.
     v.push(Scenario {
         name: "p10-chained-failover-journal",
-        about: "lab P10: failback started right after a failover; A still ends with its own demotion tag, \
-                so Ceph would promote it at once; the guarded promote must wait for B's history",
+        about: "lab P10: failback started right after a failover; A still ends with its own demotion tag \
+                and never replays B's short primary period, so Ceph would promote it at once (stale); \
+                the guarded promote must not",
         mode: Mode::Journal,
         images: vec![I],
         script: vec![
@@ -254,18 +262,18 @@ pub fn catalogue() -> Vec<Scenario> {
             op(O::Promote(B, I, false)),
             op(O::Write(B, I)),
             op(O::Demote(B, I)),
-            step(Promote, A, &[I], &[Succeeded]).stage(),
+            step(Promote, A, &[I], &[Waits, Failed(Reason::PromoteRefused)]).stage(),
         ],
         expect: Expect {
-            primary: vec![(I, A, true), (I, B, false)],
-            has_peer_writes: vec![(I, A)],
+            primary: vec![(I, A, false), (I, B, false)],
+            has_peer_writes: vec![(I, B)],
             ..Default::default()
         },
     });
     v.push(Scenario {
         name: "p10-chained-failover-journal-unwritten",
         about: "as P10 but the image is never written: the guard compares journal positions that hold only \
-                promote/demote events",
+                promote/demote events, and must not call them caught up",
         mode: Mode::Journal,
         images: vec![I],
         script: vec![
@@ -273,10 +281,31 @@ pub fn catalogue() -> Vec<Scenario> {
             op(O::Wait(2500)),
             op(O::Promote(B, I, false)),
             op(O::Demote(B, I)),
+            step(Promote, A, &[I], &[Waits, Failed(Reason::PromoteRefused)]).stage(),
+        ],
+        expect: Expect {
+            primary: vec![(I, A, false), (I, B, false)],
+            ..Default::default()
+        },
+    });
+    v.push(Scenario {
+        name: "chained-failover-journal-settled",
+        about: "failback after B was primary long enough for A's replayer to follow it: A replays B's write \
+                and demotion, and the guarded promote succeeds with B's data",
+        mode: Mode::Journal,
+        images: vec![I],
+        script: vec![
+            op(O::Demote(A, I)),
+            op(O::Wait(2500)),
+            op(O::Promote(B, I, false)),
+            op(O::Write(B, I)),
+            op(O::Wait(15_000)),
+            op(O::Demote(B, I)),
             step(Promote, A, &[I], &[Succeeded]).stage(),
         ],
         expect: Expect {
             primary: vec![(I, A, true), (I, B, false)],
+            has_peer_writes: vec![(I, A)],
             ..Default::default()
         },
     });

@@ -2,7 +2,8 @@
 //! trait, a catalogue of failover scenarios written as data, and a harness
 //! that runs a step against the model with crashes, faults and a second
 //! executor. Always compiled (small, no extra dependency) so integration
-//! tests and, later, a lab runner can use it.
+//! tests can use it: `tests/model_faults.rs` on the model, `tests/conformance.rs`
+//! on the lab's real Ceph sites and the model side by side.
 //!
 //! The model follows `../shared/rbd-facts.md` and `../shared/ceph-lab.md`
 //! (cited as `facts §x` and `lab Pn`): it decides what Ceph decides, including

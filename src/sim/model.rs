@@ -30,7 +30,11 @@
 //!   copies the peer's items into X's copy when X is not primary and X's log
 //!   is a prefix of the peer's; each item becomes visible `replay_delay` after
 //!   it was made or after the link (X's daemon, both sites) came up, so a
-//!   demotion reaches the peer only while the peer's daemon runs. Snapshot
+//!   demotion reaches the peer only while the peer's daemon runs. Journal
+//!   mode: a copy whose newest tag is its own demotion replays the peer only
+//!   if its replayer (started `replayer_start` after that demotion) finds the
+//!   peer primary; a peer promoted and demoted again before that is never
+//!   replayed (lab P10, conformance test). Snapshot
 //!   mode moves data only at mirror snapshots, and a copied snapshot is
 //!   incomplete for `snapshot_copy`.
 //! * **Split-brain** (facts §4.6, lab §6.1): a non-primary copy whose log is
@@ -130,6 +134,11 @@ pub struct SimConfig {
     pub replay_delay: Duration,
     /// A copied mirror snapshot stays incomplete this long.
     pub snapshot_copy: Duration,
+    /// Journal mode: after a site's own demotion, its rbd-mirror takes this
+    /// long to start a replayer for the image (the lab's `rbd mirror image
+    /// state check interval = 5`; lab §7: the new secondary replays 2.7–6.7 s
+    /// after the demote).
+    pub replayer_start: Duration,
     /// Status describes the old state this long after a change (lab P9; split-brain
     /// showed 1.5–2.2 s after the demote, both `up+unknown` 3.8 s after it).
     pub status_lag: Duration,
@@ -149,6 +158,7 @@ impl Default for SimConfig {
             call_latency: ms(50),
             replay_delay: ms(2000),
             snapshot_copy: ms(1000),
+            replayer_start: ms(5000),
             status_lag: ms(2000),
             resync_journal: [ms(4900), ms(9900), ms(12400)],
             resync_snapshot: [ms(4900), ms(9900), ms(34500)],
@@ -304,6 +314,49 @@ fn is_prefix(a: &[Entry], b: &[Entry]) -> bool {
     a.len() <= b.len() && a.iter().zip(b).all(|(x, y)| x.item.uid == y.item.uid)
 }
 
+/// Journal mode: from when site x's rbd-mirror replays the peer y's journal
+/// into x's copy (None: it does not). A copy whose newest tag it made itself
+/// (its own demotion) has nothing of y's to continue from: its replayer
+/// starts `start` after that demotion and only attaches to a *primary* peer;
+/// a peer already demoted again by then is reported "remote image is not
+/// primary" and nothing is replayed, so x keeps its own demotion as its
+/// newest tag (lab P10, and the conformance test: after demote A, promote B,
+/// demote B within a second, A stayed `up+unknown` "remote image is not
+/// primary" for minutes without B's history). A copy whose newest tag was
+/// copied from y follows y, through y's demotion.
+fn journal_follow_from(
+    cx: &[Entry],
+    cy: &[Entry],
+    y: Site,
+    since: Instant,
+    start: Duration,
+    now: Instant,
+) -> Option<Instant> {
+    let last_tag = cx
+        .iter()
+        .rev()
+        .find(|e| matches!(e.item.kind, Kind::Tag { .. }));
+    let Some(own) = last_tag.filter(|e| !e.copied) else {
+        return Some(since);
+    };
+    let ready = max_t(own.item.created + start, since);
+    if now < ready {
+        return None;
+    }
+    // Was y primary at some moment at or after `ready`?
+    let tags: Vec<&Entry> = cy
+        .iter()
+        .filter(|e| matches!(e.item.kind, Kind::Tag { .. }))
+        .collect();
+    let attached = tags.iter().enumerate().any(|(n, e)| {
+        let Kind::Tag { owner, .. } = e.item.kind else {
+            return false;
+        };
+        owner == Some(y) && tags.get(n + 1).is_none_or(|next| next.item.created > ready)
+    });
+    attached.then_some(ready)
+}
+
 fn promotion(log: &[Entry], site: Site, mode: Mode) -> Promotion {
     for e in log.iter().rev() {
         match (&e.item.kind, mode) {
@@ -423,6 +476,7 @@ impl World {
         };
         let delay = self.cfg.replay_delay;
         let copy_time = self.cfg.snapshot_copy;
+        let start = self.cfg.replayer_start;
         let mut next_snap = self.next_snap;
         let img = self.images.get_mut(key).expect("image");
         let y = x.other();
@@ -432,6 +486,13 @@ impl World {
         if promotion(&cx.log, x, img.mode) == Promotion::Primary || !is_prefix(&cx.log, &cy.log) {
             return;
         }
+        let since = match img.mode {
+            Mode::Journal => match journal_follow_from(&cx.log, &cy.log, y, since, start, now) {
+                Some(t) => t,
+                None => return,
+            },
+            Mode::Snapshot => since,
+        };
         let pending: Vec<Entry> = cy.log[cx.log.len()..].to_vec();
         // Replaying from y: x's client is registered on y's journal.
         img.client_on[y.i()] = true;
@@ -597,6 +658,14 @@ impl World {
             } else {
                 s("up+unknown", "remote image is not primary")
             };
+        }
+        if img.mode == Mode::Journal
+            && cy.log.len() > cx.log.len()
+            && let Some(since) = self.link_since(x)
+            && journal_follow_from(&cx.log, &cy.log, y, since, self.cfg.replayer_start, now)
+                .is_none()
+        {
+            return s("up+unknown", "remote image is not primary");
         }
         let behind = match img.mode {
             Mode::Journal => cy.log.len() > cx.log.len(),
@@ -1612,6 +1681,26 @@ mod tests {
             s.status_of(Site::A, K).unwrap(),
             ("up+error".into(), "split-brain".into())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_journal_secondary_never_replays_a_peer_already_demoted_again() {
+        // Lab P10 as the conformance test saw it on real Ceph: B is primary
+        // for a moment only, before A's replayer starts.
+        let s = sim(Mode::Journal);
+        s.demote(Site::A, K).unwrap();
+        wait(2500).await;
+        s.promote(Site::B, K, false).unwrap();
+        s.write(Site::B, K).unwrap();
+        s.demote(Site::B, K).unwrap();
+        wait(60_000).await;
+        assert!(s.writes(Site::A, K).is_empty());
+        assert_eq!(
+            s.status_of(Site::A, K).unwrap(),
+            ("up+unknown".into(), "remote image is not primary".into())
+        );
+        // So Ceph would promote A's stale copy at once.
+        assert_eq!(s.promotion(Site::A, K), Some(Promotion::Orphan));
     }
 
     #[tokio::test(start_paused = true)]
