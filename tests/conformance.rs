@@ -697,8 +697,10 @@ async fn lab_step(world: &Arc<World>, st: &StepSpec, limit: Duration) -> LabStep
                 .collect(),
         ),
         force: st.force,
+        dry_run: false,
         wait_for: st.wait_for,
         concurrency: 8,
+        pvcs: None,
     };
     let sites = Sites {
         local: cli(st.site, false),

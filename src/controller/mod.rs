@@ -11,6 +11,7 @@ pub mod secrets;
 pub mod status;
 pub mod task;
 pub mod tasks;
+mod watch_backoff;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ use crate::step::Pace;
 use crate::step::locks::ImageLocks;
 use status::StatusWriter;
 use tasks::{StopCause, TaskKey, TaskTable};
+use watch_backoff::WatchBackoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -205,7 +207,7 @@ async fn watch_deletions(ctx: Arc<Context>, flavor: Flavor, wc: watcher::Config)
     let api: Api<PartialObjectMeta<DynamicObject>> =
         Api::all_with(ctx.client.clone(), &flavor.api_resource());
     let mut listing: Option<(std::time::Instant, HashSet<String>)> = None;
-    let mut events = std::pin::pin!(watcher(api, wc).default_backoff());
+    let mut events = std::pin::pin!(watcher(api, wc).backoff(WatchBackoff::default()));
     while let Some(ev) = events.next().await {
         let gone: Vec<(String, String, String)> = match ev {
             Ok(watcher::Event::Delete(m)) => {
@@ -287,6 +289,7 @@ async fn controller_for(ctx: Arc<Context>, flavor: Flavor, shutdown: Cancellatio
     let nf_ctx = ctx.clone();
     let controller = Controller::new_with(api, wc, ar)
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
+        .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(
             move |obj, ctx| reconcile::reconcile(obj, ctx, flavor),

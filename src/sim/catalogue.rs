@@ -383,20 +383,37 @@ pub fn catalogue() -> Vec<Scenario> {
             },
         });
     }
-    for (name, mode) in [
-        ("forced-failover-and-failback-journal", Mode::Journal),
-        ("forced-failover-and-failback-snapshot", Mode::Snapshot),
+    // The snapshot variant follows the runbook (rbd-facts §1.8 step 2,
+    // tekton/unplanned-failover.yaml): B's own rbd-mirror is stopped for the
+    // forced promote. On the lab, a forced snapshot promote issued while
+    // B's rbd-mirror still replays from the frozen A did not return within
+    // 300 s (RamenDR/ramen#788); the journal variant keeps the daemon up,
+    // which returns at once.
+    for (name, mode, stop_daemon) in [
+        ("forced-failover-and-failback-journal", Mode::Journal, false),
+        (
+            "forced-failover-and-failback-snapshot",
+            Mode::Snapshot,
+            true,
+        ),
     ] {
+        let forced = step(Promote, B, &[I], &[Succeeded]).force().stage();
+        let promote = if stop_daemon {
+            vec![op(O::DaemonUp(B, false)), forced, op(O::DaemonUp(B, true))]
+        } else {
+            vec![forced]
+        };
         v.push(Scenario {
             name,
             about: "faults.md C2 / facts §1.8: A lost, force promote B; A returns primary (both primary); \
                     demote A shows split-brain; resync A replays from B",
             mode,
             images: vec![I],
-            script: vec![
-                op(O::Write(A, I)),
-                op(O::SiteUp(A, false)),
-                step(Promote, B, &[I], &[Succeeded]).force().stage(),
+            script: [
+                vec![op(O::Write(A, I)), op(O::SiteUp(A, false))],
+                promote,
+                vec![
+                op(O::Write(B, I)),
                 op(O::Write(B, I)),
                 op(O::MirrorSnapshot(B, I)),
                 op(O::SiteUp(A, true)),
@@ -408,7 +425,9 @@ pub fn catalogue() -> Vec<Scenario> {
                 step(Status, A, &[I], &[Succeeded])
                     .wait_for(WaitFor::Replaying)
                     .stage(),
-            ],
+                ],
+            ]
+            .concat(),
             expect: Expect {
                 primary: vec![(I, A, false), (I, B, true)],
                 has_peer_writes: vec![(I, A)],
@@ -490,6 +509,9 @@ pub fn catalogue() -> Vec<Scenario> {
             step(Status, A, &[I], &[Succeeded])
                 .wait_for(WaitFor::NonPrimary)
                 .stage(),
+            // Until B has copied the demotion snapshot, Ceph refuses even a
+            // forced promote (EROFS, seen on the lab 0.1 s after the demote).
+            op(O::Wait(5000)),
             op(O::Promote(B, I, true)),
             op(O::Promote(A, I, true)),
             step(Status, B, &[I], &[Failed(Reason::SplitBrain)]).stage(),
