@@ -502,13 +502,8 @@ async fn sigterm_lets_a_running_demote_finish() {
         .create(&client, &ns, "demote")
         .await;
     // The claim before the demote records it in flight.
+    wait_in_flight(&client, &ns, "demote").await;
     let api = customruns(&client, &ns);
-    wait_for(60, "the demote to be in flight", || async {
-        let o = api.get("demote").await.ok()?;
-        let f = &o.data["status"]["extraFields"]["progress"]["inFlight"];
-        f.as_object().is_some_and(|m| !m.is_empty()).then_some(())
-    })
-    .await;
     let pid = first.child.id();
     let t0 = Instant::now();
     assert!(
@@ -577,13 +572,7 @@ async fn a_demote_done_by_hand_meanwhile_is_reported_as_acted_by_another() {
         .param("images", json!([img]))
         .create(&client, &ns, "demote")
         .await;
-    let api = customruns(&client, &ns);
-    wait_for(60, "the demote to be in flight", || async {
-        let o = api.get("demote").await.ok()?;
-        let f = &o.data["status"]["extraFields"]["progress"]["inFlight"];
-        f.as_object().is_some_and(|m| !m.is_empty()).then_some(())
-    })
-    .await;
+    wait_in_flight(&client, &ns, "demote").await;
     let spec = format!("{}/{img}", lab.pool);
     lab.a.rbd_ok(&["mirror", "image", "demote", &spec]);
     let done = wait_done(&client, &ns, "demote", 60).await;

@@ -346,3 +346,19 @@ pub fn rbd_calls(log: &std::path::Path) -> Vec<(u128, u128, String)> {
         })
         .collect()
 }
+
+/// Waits until the run records a mutation in flight (the claim written just
+/// before a mutating rbd command starts).
+pub async fn wait_in_flight(client: &Client, ns: &str, name: &str) {
+    let api = customruns(client, ns);
+    wait_for(
+        60,
+        &format!("a mutation of {ns}/{name} to be in flight"),
+        || async {
+            let o = api.get(name).await.ok()?;
+            let f = &o.data["status"]["extraFields"]["progress"]["inFlight"];
+            f.as_object().is_some_and(|m| !m.is_empty()).then_some(())
+        },
+    )
+    .await;
+}
