@@ -893,12 +893,7 @@ async fn on_lab(sc: &Scenario, prefix: String, restore: &Restore) -> LabResult {
     // I2: exactly the resyncs the scenario asks for, counted as id changes.
     for img in &sc.images {
         for site in Site::BOTH {
-            let want = sc
-                .expect
-                .resyncs
-                .iter()
-                .find(|(i, s, _)| i == img && *s == site)
-                .map_or(0, |r| r.2);
+            let want = sc.expect.resyncs_of(img, site);
             let got = ids.changes(img, site);
             if got != want {
                 violations.push(format!(

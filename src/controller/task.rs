@@ -617,17 +617,7 @@ async fn attempt_once(
                         _ = token.cancelled() => return Err(Failure::new(Reason::CephError, "stopped")),
                         r = mirror_images(step, &sites.local, &step.cluster) => r?,
                     };
-                    // A pool's listing has no cap of its own: bound it like a named list.
-                    if list.len() > MAX_IMAGES {
-                        return Err(Failure::new(
-                            Reason::InvalidParams,
-                            format!(
-                                "pool {} has {} mirrored images; one step acts on at most {MAX_IMAGES}: name them in lists over several steps",
-                                step.pool,
-                                list.len()
-                            ),
-                        ));
-                    }
+                    // mirror_images already capped the list (select_all).
                     crate::step::resolve::check_name_budget(list.iter().map(String::as_str))
                         .map_err(|e| Failure::new(Reason::InvalidParams, e.0))?;
                     progress.lock().expect("progress").images = Some(list.clone());

@@ -86,6 +86,16 @@ pub struct Scenario {
     pub expect: Expect,
 }
 
+impl Expect {
+    /// The resyncs that must take effect on `img` at `site` (0 where not listed).
+    pub fn resyncs_of(&self, img: &str, site: Site) -> u32 {
+        self.resyncs
+            .iter()
+            .find(|(i, s, _)| *i == img && *s == site)
+            .map_or(0, |r| r.2)
+    }
+}
+
 impl Scenario {
     /// Whether any step or setup op forces a promote (I3 allows split-brain then).
     pub fn forces(&self) -> bool {

@@ -387,12 +387,7 @@ pub async fn run(sc: &Scenario, opts: &Options) -> Report {
     // I2: exactly the resyncs asked for.
     for img in &sc.images {
         for site in Site::BOTH {
-            let want = sc
-                .expect
-                .resyncs
-                .iter()
-                .find(|(i, s, _)| i == img && *s == site)
-                .map_or(0, |r| r.2);
+            let want = sc.expect.resyncs_of(img, site);
             let got = sim.resyncs(site, &key(img));
             if got != want {
                 violations.push(format!(
