@@ -71,6 +71,9 @@ osd objectstore = memstore
 memstore device bytes = 4294967296
 # without this, SIGTERM skips umount and memstore never saves (ceph-lab.md P7)
 osd fast shutdown = false
+# every thaw marks the OSD down to re-peer (faults.sh); by default an OSD
+# marked down 6 times in 10 minutes shuts itself down
+osd max markdown count = 1000
 
 [client]
 keyring = $b/\$cluster.\$name.keyring

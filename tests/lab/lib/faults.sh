@@ -15,26 +15,34 @@ cmd_signal() {
 }
 
 # A thawed site is only useful to a test once it serves I/O and its
-# rbd-mirror reports again. After a freeze the OSD's placement groups can
-# stay "laggy" for good (their read lease expired while frozen): every op on
-# them blocks, rbd-mirror included (seen: 106 slow ops, rbd-mirror silent
-# even after a restart). Marking the OSD down makes it re-peer and clears
-# that within seconds; an rbd-mirror still silent after it is restarted.
-pgs_in() { timeout 10 ceph -c "$(cconf "$1")" pg ls "$2" -f json 2>/dev/null | jq '.pg_stats | length'; }
-pgs_serving() { [[ $(pgs_in "$1" laggy) == 0 && $(pgs_in "$1" peering) == 0 ]]; }
+# rbd-mirror reports again. After a freeze the OSD's placement groups stay
+# "laggy" for good (their read lease expired while frozen): every op on them
+# blocks, rbd-mirror included (seen: 29 slow ops, rbd-mirror silent even after
+# a restart). The PG states the mgr reports just after a thaw are the stale
+# ones from before the freeze, so they cannot tell; the thaw therefore always
+# marks the OSD down, which makes it re-peer and clears the leases within
+# seconds, and then waits for a real read of every placement group of the
+# pool (`rados ls`) to answer.
+pool_answers() { timeout 5 rados -c "$(cconf "$1")" -p "$POOL" ls >/dev/null 2>&1; }
+
+repeer() {
+  local site=$1
+  timeout 10 ceph -c "$(cconf "$site")" osd down "$OSD_ID" >/dev/null 2>&1 || true
+  wait_for 60 "site-$site osd up after re-peering" osd_up "$site"
+}
 
 cmd_thaw() {
   local site=${1:-}
   cmd_signal CONT "$site"
   site=${site#site-}
   wait_for 60 "site-$site osd up after thaw" osd_up "$site"
-  local end=$((SECONDS + 10))
-  until pgs_serving "$site"; do
+  repeer "$site"
+  local end=$((SECONDS + 30))
+  until pool_answers "$site"; do
     if ((SECONDS >= end)); then
-      log "site-$site: placement groups laggy after thaw, marking osd.$OSD_ID down to re-peer"
-      timeout 10 ceph -c "$(cconf "$site")" osd down "$OSD_ID" >/dev/null 2>&1 || true
-      wait_for 60 "site-$site osd up after re-peering" osd_up "$site"
-      wait_for 60 "site-$site placement groups serving" pgs_serving "$site"
+      log "site-$site: pool still not answering 30s after re-peering, re-peering again"
+      repeer "$site"
+      wait_for 60 "site-$site pool answering reads" pool_answers "$site"
       break
     fi
     sleep 0.5
