@@ -97,6 +97,17 @@ struct RunArgs {
     /// The controller then needs get on that one ConfigMap.
     #[arg(long, env = "RBDSTEP_CEPH_CSI_CONFIG", global = true)]
     ceph_csi_config: Option<controller::pvcs::CsiConfigRef>,
+    /// Namespaces of Rook clusters (comma-separated) whose CSI provisioner
+    /// Secret and rook-ceph-mon-endpoints ConfigMap a run may name as
+    /// `cluster: <namespace>/<secret>`. The controller then needs get on
+    /// that Secret and ConfigMap there.
+    #[arg(
+        long,
+        env = "RBDSTEP_CEPH_NAMESPACES",
+        value_delimiter = ',',
+        global = true
+    )]
+    ceph_namespaces: Vec<String>,
     /// Exit when standard input closes (for tests that own the controller).
     #[arg(long, hide = true, global = true)]
     exit_on_stdin_eof: bool,
@@ -186,6 +197,7 @@ async fn run(args: RunArgs) -> ExitCode {
         label_selector: args.label_selector,
         health_addr: args.health_addr,
         ceph_csi_config: args.ceph_csi_config.clone(),
+        ceph_namespaces: args.ceph_namespaces.clone(),
         leader_election: args.leader_election.then(|| controller::LeaderElection {
             namespace: args
                 .lease_namespace

@@ -7,6 +7,7 @@ pub mod error;
 pub mod fsid;
 pub mod image;
 pub mod model;
+pub mod rook;
 
 pub use cli::{Ceph, RbdCli};
 pub use error::{Op, RbdError, RbdErrorKind};

@@ -3,6 +3,7 @@
 //! Reconcile never runs a step inline: kube-runtime never reconciles one
 //! object twice at once, so an inline step would block its own cancel.
 
+pub mod access;
 pub mod health;
 pub mod owner;
 pub mod pvcs;
@@ -73,6 +74,9 @@ pub struct Config {
     /// ceph-csi's config ConfigMap, for volumes that do not carry their
     /// RADOS namespace (older ceph-csi). None: such volumes have none.
     pub ceph_csi_config: Option<pvcs::CsiConfigRef>,
+    /// Namespaces whose Rook objects a run may name as `cluster:
+    /// <namespace>/<secret>` (an admin opt-in: Rook's Secrets carry no label).
+    pub ceph_namespaces: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +98,7 @@ impl Default for Config {
             leader_election: None,
             health_addr: None,
             ceph_csi_config: None,
+            ceph_namespaces: vec![],
         }
     }
 }

@@ -9,11 +9,10 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
+
+use super::access::Asker;
 
 use crate::step::pvc::{
     PvcError, PvcQuery, PvcRequest, PvcVolume, bound_volume, csi_rados_namespaces, volume_of,
@@ -75,32 +74,14 @@ async fn allowed(
     verb: &str,
     name: Option<&str>,
 ) -> Result<bool, PvcReadError> {
-    let sar = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(format!(
-                "system:serviceaccount:{run_namespace}:{service_account}"
-            )),
-            groups: Some(vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{run_namespace}"),
-                "system:authenticated".into(),
-            ]),
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(namespace.into()),
-                verb: Some(verb.into()),
-                resource: Some("persistentvolumeclaims".into()),
-                name: name.map(str::to_string),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
+    let asker = Asker {
+        namespace: run_namespace,
+        service_account,
     };
-    let review = Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &sar)
+    asker
+        .may(client, namespace, verb, "persistentvolumeclaims", name)
         .await
-        .map_err(PvcReadError::Api)?;
-    Ok(review.status.is_some_and(|s| s.allowed))
+        .map_err(PvcReadError::Api)
 }
 
 fn forbidden(run_namespace: &str, sa: &str, what: String) -> PvcReadError {

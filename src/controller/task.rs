@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Context;
+use super::access::Asker;
 use super::owner::{self, OWNER_TTL, Owner};
 use super::secrets::read_connection;
 use super::status::{StatusError, StatusWriter, Update, unless_done};
@@ -572,7 +573,11 @@ async fn connect(ctx: &Context, run: &TektonRun, secret: &str) -> Result<Connect
         .service_account_name
         .as_deref()
         .unwrap_or("default");
-    let data = read_connection(&ctx.client, run.namespace(), sa, secret).await?;
+    let asker = Asker {
+        namespace: run.namespace(),
+        service_account: sa,
+    };
+    let data = read_connection(&ctx.client, asker, secret, &ctx.config.ceph_namespaces).await?;
     materialize(secret, &data, &ctx.config.tmp_dir)
         .map_err(|e| Failure::new(Reason::InvalidSecret, e.to_string()))
 }

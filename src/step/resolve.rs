@@ -255,18 +255,32 @@ pub fn overlay(
 }
 
 /// A Kubernetes Secret name (DNS-1123 subdomain).
-fn check_secret_name(what: &str, s: &str) -> Result<(), InvalidParams> {
-    let ok = !s.is_empty()
+fn is_secret_name(s: &str) -> bool {
+    !s.is_empty()
         && s.len() <= 253
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn is_namespace_name(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_secret_name(s)
+}
+
+/// A connection Secret of the run's namespace, or `<namespace>/<secret>`:
+/// a Rook cluster's CSI Secret (controller/secrets.rs).
+fn check_secret_name(what: &str, s: &str) -> Result<(), InvalidParams> {
+    let ok = match s.split_once('/') {
+        Some((ns, name)) => is_namespace_name(ns) && is_secret_name(name),
+        None => is_secret_name(s),
+    };
     if ok {
         Ok(())
     } else {
         invalid(format!(
-            "{what} {s:?} is not a Secret name (lowercase letters, digits, '-' and '.')"
+            "{what} {s:?} is not a Secret name (lowercase letters, digits, '-' and '.') \
+             nor <namespace>/<secret> (a Rook cluster's CSI Secret)"
         ))
     }
 }
@@ -430,6 +444,22 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_may_name_a_rook_secret_of_another_namespace() {
+        let mut b = base();
+        b[1] = p("cluster", json!("rook-ceph/rook-csi-rbd-provisioner"));
+        b.push(p(
+            "peerCluster",
+            json!("rook-ceph-b/rook-csi-rbd-provisioner"),
+        ));
+        let s = resolve(&b).unwrap();
+        assert_eq!(s.cluster, "rook-ceph/rook-csi-rbd-provisioner");
+        assert_eq!(
+            s.peer_cluster.as_deref(),
+            Some("rook-ceph-b/rook-csi-rbd-provisioner")
+        );
+    }
+
+    #[test]
     fn params_override_the_referenced_spec() {
         let spec = RbdMirrorStepSpec {
             action: Some(Action::Demote),
@@ -490,6 +520,34 @@ mod tests {
                     p("images", json!(["a"])),
                 ],
                 "not a Secret name",
+            ),
+            (
+                vec![
+                    p("action", json!("promote")),
+                    p("cluster", json!("rook.ceph/rook-csi-rbd-provisioner")),
+                    p("pool", json!("p")),
+                    p("images", json!(["a"])),
+                ],
+                "nor <namespace>/<secret>",
+            ),
+            (
+                vec![
+                    p("action", json!("promote")),
+                    p("cluster", json!("rook-ceph/a/b")),
+                    p("pool", json!("p")),
+                    p("images", json!(["a"])),
+                ],
+                "nor <namespace>/<secret>",
+            ),
+            (
+                vec![
+                    p("action", json!("promote")),
+                    p("cluster", json!("site-a")),
+                    p("peerCluster", json!("/rook-csi-rbd-provisioner")),
+                    p("pool", json!("p")),
+                    p("images", json!(["a"])),
+                ],
+                "peerCluster \"/rook-csi-rbd-provisioner\" is not a Secret name",
             ),
             (
                 {
