@@ -219,3 +219,132 @@ async fn retried_step_shows_its_attempts_and_the_pipeline_succeeds() {
     );
     assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
 }
+
+/// Runs `tkn` (on PATH from `lab env`) with the lab's kubeconfig and no
+/// terminal, as a script or CI would; its stdout.
+fn tkn(args: &[&str]) -> String {
+    let out = std::process::Command::new("tkn")
+        .args(args)
+        .env("KUBECONFIG", &lab().kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tkn on PATH: eval \"$(tests/lab/lab env)\" (lab up builds it)");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "tkn {args:?}: {o}{e}");
+    o
+}
+
+/// The README's tkn commands, run as printed (plus `-n` and, so that this
+/// binary's controller takes the runs, its label): a failover started by
+/// `tkn pipeline start`, and what an operator then sees of each step.
+#[tokio::test]
+async fn tkn_starts_a_failover_and_shows_each_steps_reason_results_and_message() {
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "e2e-tkn").await;
+    install_pipelines(&client, &ns).await;
+    let imgs: Vec<String> = (0..2).map(|_| unique("tkn")).collect();
+    for i in &imgs {
+        mirrored_image(&lab.a, &lab.b, &lab.pool, i).await;
+    }
+    let label = format!("rbdmirror.dev/test={}", shared_controller(SEL));
+    let start = |images: &str| {
+        let out = tkn(&[
+            "-n",
+            &ns,
+            "pipeline",
+            "start",
+            "planned-failover",
+            "-p",
+            &format!("pool={}", lab.pool),
+            "-p",
+            &format!("images={images}"),
+            "-p",
+            "from-cluster=site-a",
+            "-p",
+            "to-cluster=site-b",
+            "--use-param-defaults",
+            "--showlog=false",
+            "-l",
+            &label,
+        ]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("PipelineRun started: "))
+            .unwrap_or_else(|| panic!("no PipelineRun name in: {out}"))
+            .trim()
+            .to_string()
+    };
+
+    let name = start(&imgs.join(","));
+    let pr = wait_pipeline(&client, &ns, &name, 240).await;
+    assert_eq!(pr_condition(&pr).unwrap().0, "True");
+    for i in &imgs {
+        assert_eq!(lab.b.is_primary(&lab.pool, i), Some(true), "{i} moved");
+    }
+    let described = tkn(&["-n", &ns, "pipelinerun", "describe", "--last"]);
+    assert!(described.contains("Succeeded"), "{described}");
+    for r in ["images", "to-states", "from-states", "promote-duration"] {
+        assert!(described.contains(r), "result {r} shown: {described}");
+    }
+    assert!(
+        described.contains(&format!("{}/{}", lab.pool, imgs[0])),
+        "{described}"
+    );
+    let steps = tkn(&["-n", &ns, "customrun", "list"]);
+    for task in [
+        "check-from",
+        "check-to",
+        "demote",
+        "promote",
+        "wait-replaying",
+        "report",
+    ] {
+        let line = steps
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}-{task} ")))
+            .unwrap_or_else(|| panic!("step {task} listed: {steps}"));
+        assert!(line.trim_end().ends_with("Succeeded"), "{line}");
+    }
+    let promote = tkn(&[
+        "-n",
+        &ns,
+        "customrun",
+        "describe",
+        &format!("{name}-promote"),
+    ]);
+    assert!(promote.contains("peerCluster"), "params shown: {promote}");
+    assert!(
+        promote.contains("\"promoted\""),
+        "outcomes shown: {promote}"
+    );
+    assert!(
+        !promote.contains("Message"),
+        "no message on success: {promote}"
+    );
+
+    // A failed step: its reason in the list, its message in describe.
+    let missing = unique("tkn-missing");
+    let name = start(&missing);
+    let pr = wait_pipeline(&client, &ns, &name, 120).await;
+    assert_eq!(pr_condition(&pr).unwrap().0, "False");
+    let steps = tkn(&["-n", &ns, "customrun", "list"]);
+    let line = steps
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}-check-from ")))
+        .unwrap_or_else(|| panic!("check-from listed: {steps}"));
+    assert!(line.contains("Failed(ImageNotFound)"), "{line}");
+    let failed = tkn(&[
+        "-n",
+        &ns,
+        "customrun",
+        "describe",
+        &format!("{name}-check-from"),
+    ]);
+    assert!(failed.contains("Message"), "{failed}");
+    assert!(
+        failed.contains(&format!("{}/{missing} was not found on site-a", lab.pool)),
+        "the message says what is wrong: {failed}"
+    );
+}

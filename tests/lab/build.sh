@@ -147,8 +147,7 @@ case $what in
   legacy) build_tekton_legacy_crds ;;
   tkn) build_tkn ;;
   all)
-    build_etcd; build_kube; build_kcm; build_tekton; build_tekton_legacy_crds
-    [[ ${LAB_BUILD_TKN:-0} == 1 ]] && build_tkn
+    build_etcd; build_kube; build_kcm; build_tekton; build_tekton_legacy_crds; build_tkn
     log "all lab binaries are in $LAB_CACHE" ;;
   *) echo "usage: build.sh [all|etcd|kube|kcm|tekton|legacy|tkn]" >&2; exit 2 ;;
 esac

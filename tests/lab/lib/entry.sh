@@ -106,8 +106,8 @@ cmd_demo() {
   echo "Steps:             kubectl --kubeconfig $LAB_DIR/kube/kubeconfig -n $ns get customruns"
   echo "Move back: a planned failover the other way (failback is for after an unplanned failover, when the"
   echo "returning site must be demoted and resynced); both pipelines are installed in $ns:"
-  echo "  tkn -n $ns pipeline start planned-failover -p pool=$POOL -p images=$list -p from-cluster=site-b -p to-cluster=site-a"
-  echo "  tkn -n $ns pipeline start failback -p pool=$POOL -p images=$list -p returning-cluster=site-a -p current-cluster=site-b"
+  echo "  tkn -n $ns pipeline start planned-failover -p pool=$POOL -p images=$list -p from-cluster=site-b -p to-cluster=site-a --use-param-defaults"
+  echo "  tkn -n $ns pipeline start failback -p pool=$POOL -p images=$list -p returning-cluster=site-a -p current-cluster=site-b --use-param-defaults"
 }
 
 cmd_bench() {
