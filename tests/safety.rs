@@ -215,3 +215,136 @@ async fn events_are_published_for_the_run() {
         "events name the run by its UID"
     );
 }
+
+/// E1: a key (raw and base64) appears in no artefact of the controller: its
+/// log at debug level, the argv of every `rbd` it ran, the runs' status
+/// (messages, results) and the events. One Secret holds the lab's real key,
+/// another a key Ceph cannot parse, which Ceph's parser echoes.
+#[tokio::test]
+async fn no_key_reaches_a_log_an_argv_a_status_or_an_event() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::PostParams;
+    let (client, lab) = (client().await, lab());
+    let calls = lab
+        .dir
+        .join("logs")
+        .join(format!("rbd-calls-{}.log", unique("e1")));
+    let selector = unique("e1");
+    let ctl = start_controller(
+        &selector,
+        &[
+            ("RBD_BINARY", RBD_TIMING),
+            ("RBD_CALL_LOG", calls.to_str().unwrap()),
+        ],
+    );
+    let ns = run_namespace(&client, "safe-e1").await;
+    let real_key = std::fs::read_to_string(&lab.a.keyring)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key = ").map(str::to_string))
+        .expect("a key line in the lab's keyring");
+    // Ceph's keyring parser echoes a value it cannot decode ("val=…"), up
+    // to a '#' (a comment): none here, so all of it would be echoed.
+    let bad_key = format!("AQBnot!base64!{}", unique("k").replace('-', "x"));
+    let mon = std::fs::read_to_string(&lab.a.conf)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("mon host = ").map(str::to_string))
+        .expect("mon host in the lab's ceph.conf");
+    // The fault is real: given this key, rbd itself prints it.
+    let dir = lab.dir.join("controller-tmp").join(&selector).join("echo");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("ceph.conf"),
+        format!("[global]\nmon host = {mon}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("keyring"),
+        format!("[client.{}]\n\tkey = {bad_key}\n", lab.a.user),
+    )
+    .unwrap();
+    let echo = std::process::Command::new("rbd")
+        .arg("-c")
+        .arg(dir.join("ceph.conf"))
+        .arg("--keyring")
+        .arg(dir.join("keyring"))
+        .args([
+            "--id",
+            &lab.a.user,
+            "--client_mount_timeout",
+            "10",
+            "ls",
+            &lab.pool,
+        ])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        String::from_utf8_lossy(&echo.stderr).contains(&bad_key),
+        "rbd echoes a key it cannot parse: {}",
+        String::from_utf8_lossy(&echo.stderr)
+    );
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "bad-key", "labels": {"rbdmirror.dev/ceph-connection": "true"}},
+        "stringData": {"monHost": mon, "userID": lab.a.user, "userKey": bad_key},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let img = unique("e1");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    for (name, cluster) in [("real", "site-a"), ("bad", "bad-key")] {
+        RunBuilder::new(&selector)
+            .param("action", "status")
+            .param("cluster", cluster)
+            .param("peerCluster", "site-b")
+            .param("pool", lab.pool.as_str())
+            .param("images", json!([img]))
+            .retries(1)
+            .create(&client, &ns, name)
+            .await;
+    }
+    assert_condition(
+        &wait_done(&client, &ns, "real", 60).await,
+        "True",
+        "Succeeded",
+    );
+    let bad = wait_done(&client, &ns, "bad", 90).await;
+    let (s, _, m) = condition(&bad).unwrap();
+    assert_eq!(s, "False", "{m}");
+
+    let runs = customruns(&client, &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let events = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let log = ctl.log.clone();
+    drop(ctl);
+    let artefacts = [
+        ("controller log", std::fs::read_to_string(&log).unwrap()),
+        ("rbd argv", std::fs::read_to_string(&calls).unwrap()),
+        ("runs", serde_json::to_string(&runs).unwrap()),
+        ("events", serde_json::to_string(&events).unwrap()),
+    ];
+    assert!(
+        artefacts[1].1.contains("status"),
+        "the call log holds the rbd calls: {}",
+        artefacts[1].1
+    );
+    for key in [&real_key, &bad_key] {
+        let b64 = serde_json::to_string(&ByteString(key.as_bytes().to_vec())).unwrap();
+        let b64 = b64.trim_matches('"');
+        for (what, text) in &artefacts {
+            assert!(!text.contains(key.as_str()), "a key in the {what}");
+            assert!(!text.contains(b64), "a base64 key in the {what}");
+        }
+    }
+}
