@@ -648,3 +648,137 @@ async fn api_server_restarts_lose_no_watch() {
     }
     drop(ctl);
 }
+
+fn signal(proc: &ControllerProcess, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), proc.child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} the controller");
+}
+
+/// A5: two replicas with leader election (the Deployment's flags); the
+/// leader is SIGSTOPped for more than two lease durations while a promote
+/// waits (M4). The standby takes over and finishes the run; the old leader,
+/// continued, makes no mutating call and no status write, and exits.
+#[tokio::test]
+async fn a_paused_leader_is_replaced_and_acts_no_more_when_it_wakes() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "fault-leader").await;
+    let selector = unique("leader");
+    let calls = |who: &str| {
+        lab.dir
+            .join("logs")
+            .join(format!("rbd-calls-{selector}-{who}.log"))
+    };
+    let replica = |who: &str| {
+        let log = calls(who);
+        start_controller(
+            &selector,
+            &[
+                ("RBD_BINARY", RBD_TIMING),
+                ("RBD_CALL_LOG", log.to_str().unwrap()),
+                ("RBDSTEP_LEADER_ELECTION", "true"),
+                ("POD_NAMESPACE", ns.as_str()),
+                ("POD_NAME", who),
+            ],
+        )
+    };
+    // Both replicas log into one file (named by selector): who leads is
+    // read from the Lease itself.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let holder = || async {
+        leases
+            .get("rbd-mirror-step")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    };
+    let mut leader = replica("first");
+    wait_for(60, "the first replica to lead", || async {
+        (holder().await? == "first").then_some(())
+    })
+    .await;
+    let _standby = replica("second");
+    let img = unique("leader");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    // A guarded promote on site-b while site-a is still primary: it waits.
+    RunBuilder::new(&selector)
+        .param("action", "promote")
+        .param("cluster", "site-b")
+        .param("peerCluster", "site-a")
+        .param("pool", lab.pool.as_str())
+        .param("images", json!([img]))
+        .timeout("10m")
+        .create(&client, &ns, "promote")
+        .await;
+    let runs = customruns(&client, &ns);
+    wait_for(60, "the promote to wait for the demotion", || async {
+        let r = runs.get("promote").await.ok()?;
+        let (_, _, m) = condition(&r)?;
+        m.contains("waiting").then_some(())
+    })
+    .await;
+
+    signal(&leader, "STOP");
+    let paused_at = Instant::now();
+    lab.a
+        .rbd_ok(&["mirror", "image", "demote", &format!("{}/{img}", lab.pool)]);
+    let done = wait_done(&client, &ns, "promote", 180).await;
+    assert_condition(&done, "True", "Succeeded");
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(true));
+    assert_eq!(
+        holder().await.as_deref(),
+        Some("second"),
+        "the standby took the lease"
+    );
+    // Keep the old leader paused for two lease durations (30 s each) in all.
+    let lease_x2 = Duration::from_secs(60);
+    if let Some(rest) = lease_x2.checked_sub(paused_at.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let version = done.metadata.resource_version.clone();
+    let before = rbd_calls(&calls("first")).len();
+
+    signal(&leader, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exited = loop {
+        if let Some(status) = leader.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not exit within 60 s of waking"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !exited.success(),
+        "it exits with the lost lease as its error"
+    );
+    let after = rbd_calls(&calls("first"));
+    let mutating: Vec<_> = after[before..]
+        .iter()
+        .filter(|(_, _, a)| a.contains("promote") || a.contains("demote"))
+        .collect();
+    assert!(
+        mutating.is_empty(),
+        "the old leader made a mutating call after waking: {mutating:?}"
+    );
+    assert!(
+        !after
+            .iter()
+            .any(|(_, _, a)| a.starts_with("mirror image promote")),
+        "the old leader never promoted: {after:?}"
+    );
+    let now = runs.get("promote").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, version,
+        "the old leader wrote nothing into the finished run"
+    );
+    assert_eq!(holder().await.as_deref(), Some("second"));
+}
