@@ -74,7 +74,9 @@ async fn read_labelled(
     );
     let what = format!("Secret {namespace}/{secret}");
     if !allowed.map_err(|e| review_failed(&what, e))? {
-        return Err(forbidden(asker, &what, &format!("get on secrets/{secret}")));
+        // The run's own namespace goes without saying.
+        let name = format!("Secret {secret}");
+        return Err(forbidden(asker, &name, &format!("get on secrets/{secret}")));
     }
     let s = found
         .map_err(|e| Failure::new(Reason::CephError, format!("could not read {what}: {e}")))?
