@@ -257,17 +257,17 @@ async fn bad_pvc_selections_fail_with_a_reason_naming_the_pvc() {
     }
 }
 
-/// The "done when": a planned failover through a real PipelineRun
-/// (Tekton creates the CustomRuns), its first task selecting by
-/// `pvcSelector`, the second taking the first's `images` result; the
-/// pipeline's results name the PVCs.
+/// The "done when": the shipped `planned-failover` pipeline through
+/// a real PipelineRun (Tekton creates the CustomRuns), selecting by
+/// `pvc-selector`: check-from resolves the claims once and every later step
+/// takes its `images` result; the pipeline's `pvcs` result names the claims.
 #[tokio::test]
 async fn a_pipelinerun_fails_over_the_claims_a_selector_names() {
-    use common::pipelines::{api, pr_result, wait_pipeline};
-    use kube::api::{DynamicObject, PostParams};
+    use common::pipelines::{install_pipelines, pr_result, start_pipeline, wait_pipeline};
     let (client, lab) = (client().await, lab());
     let ns = run_namespace(&client, "pvc-pr").await;
     allow_pvcs(&client, &ns, &ns).await;
+    install_pipelines(&client, &ns).await;
     let app = unique("shop");
     let imgs: Vec<String> = (0..2)
         .map(|_| format!("csi-vol-{}", unique("pr")))
@@ -284,39 +284,34 @@ async fn a_pipelinerun_fails_over_the_claims_a_selector_names() {
         )
         .await;
     }
-    let step = |name: &str, params: serde_json::Value, after: &[&str]| {
-        json!({"name": name, "runAfter": after, "params": params,
-               "taskRef": {"apiVersion": "rbdmirror.dev/v1alpha1", "kind": "RbdMirrorStep"}})
-    };
-    let pr: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": "failover", "labels": {"rbdmirror.dev/test": shared_controller(SEL)}},
-        "spec": {"pipelineSpec": {
-            "tasks": [
-                step("demote", json!([
-                    {"name": "action", "value": "demote"},
-                    {"name": "cluster", "value": "site-a"},
-                    {"name": "pvcSelector", "value": format!("app={app}")},
-                ]), &[]),
-                step("promote", json!([
-                    {"name": "action", "value": "promote"},
-                    {"name": "cluster", "value": "site-b"},
-                    {"name": "peerCluster", "value": "site-a"},
-                    {"name": "images", "value": "$(tasks.demote.results.images)"},
-                ]), &["demote"]),
-            ],
-            "results": [
-                {"name": "pvcs", "value": "$(tasks.demote.results.pvcs)"},
-                {"name": "promoted", "value": "$(tasks.promote.results.outcomes)"},
-            ],
-        }},
-    }))
-    .unwrap();
-    api(&client, &ns, "PipelineRun", "pipelineruns")
-        .create(&PostParams::default(), &pr)
-        .await
-        .expect("create PipelineRun");
-    let done = wait_pipeline(&client, &ns, "failover", 180).await;
+    // Another claim of the same pool, not of the application: untouched.
+    let other = format!("csi-vol-{}", unique("pr-other"));
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &other).await;
+    provisioned_claim(
+        &client,
+        &ns,
+        "data-other",
+        json!({"app": "other"}),
+        &lab.pool,
+        &other,
+    )
+    .await;
+    start_pipeline(
+        SEL,
+        &client,
+        &ns,
+        "planned-failover",
+        "failover",
+        json!([
+            {"name": "pool", "value": lab.pool},
+            {"name": "pvc-selector", "value": format!("app={app}")},
+            {"name": "from-cluster", "value": "site-a"},
+            {"name": "to-cluster", "value": "site-b"},
+        ]),
+        json!({}),
+    )
+    .await;
+    let done = wait_pipeline(&client, &ns, "failover", 240).await;
     let (status, reason, message) = condition(&done).unwrap();
     assert_eq!(status, "True", "{reason}: {message}");
     let want: serde_json::Map<String, serde_json::Value> = imgs
@@ -333,15 +328,16 @@ async fn a_pipelinerun_fails_over_the_claims_a_selector_names() {
         pr_result(&done, "pvcs").unwrap(),
         serde_json::Value::Object(want)
     );
-    let promoted = pr_result(&done, "promoted").unwrap();
+    let moved = pr_result(&done, "images").unwrap();
+    assert_eq!(moved.as_array().unwrap().len(), 2, "{moved}");
     for img in &imgs {
+        assert_eq!(lab.b.is_primary(&lab.pool, img), Some(true), "{img}");
         assert_eq!(
-            promoted[format!("{}/{img}", lab.pool)],
-            "promoted",
-            "{promoted}"
+            pr_result(&done, "from-states").unwrap()[format!("{}/{img}", lab.pool)]["state"],
+            "up+replaying"
         );
-        assert_eq!(lab.b.is_primary(&lab.pool, img), Some(true));
     }
+    assert_eq!(lab.a.is_primary(&lab.pool, &other), Some(true), "untouched");
 }
 
 /// A volume without `radosNamespace` (older ceph-csi) takes its cluster's

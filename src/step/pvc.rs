@@ -533,9 +533,19 @@ pub fn select(
 /// (PVC → image) and `pvcOutcomes` (PVC → the outcome of its image). The
 /// per-image results keep their shape, so a later step takes `images`
 /// whichever way the first step selected them.
+///
+/// Empty maps when the step selected no claims: a pipeline's results may
+/// name them whichever way a run selects (Tekton fails a PipelineRun whose
+/// result names a task result that was not written).
 pub fn pvc_results(step: &ResolvedStep, progress: &Progress) -> Vec<RunResult> {
     let Some(sel) = &step.pvcs else {
-        return vec![];
+        return ["pvcs", "pvcOutcomes"]
+            .into_iter()
+            .map(|name| RunResult {
+                name: name.into(),
+                value: "{}".into(),
+            })
+            .collect();
     };
     let images: BTreeMap<&str, &str> = sel
         .images
@@ -964,5 +974,23 @@ mod tests {
         );
         assert_eq!(get("pvcOutcomes")["data"], "promoted");
         assert_eq!(get("pvcOutcomes")["logs"], "not-attempted");
+    }
+
+    #[test]
+    fn a_step_selected_by_name_has_empty_pvc_results() {
+        let step = crate::step::resolve::validate(&crate::api::RbdMirrorStepSpec {
+            action: Some(crate::api::Action::Status),
+            cluster: Some("site-a".into()),
+            pool: Some("p".into()),
+            images: Some(vec!["x".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        let r = pvc_results(&step, &Progress::default());
+        let names: Vec<(&str, &str)> = r
+            .iter()
+            .map(|r| (r.name.as_str(), r.value.as_str()))
+            .collect();
+        assert_eq!(names, [("pvcs", "{}"), ("pvcOutcomes", "{}")]);
     }
 }
