@@ -1050,3 +1050,254 @@ async fn dry_runs_say_what_they_would_do_and_change_nothing() {
         .collect();
     assert!(mutations.is_empty(), "a dry run mutated: {mutations:?}");
 }
+
+/// D5: over a hundred malformed runs, generated: option-like, path-like,
+/// unicode, shell and control-character values in every name a run gives
+/// (images, pool, cluster, peerCluster), object- and array-typed params,
+/// 1 MiB strings, duplicates, 501 images, out-of-range concurrency. Every one
+/// ends False at once with a short reason and is not retried; no input ever
+/// reaches an `rbd` argv (the call log); the controller keeps serving.
+#[tokio::test]
+async fn a_hundred_malformed_runs_each_fail_fast_and_none_reaches_rbd() {
+    let (client, lab) = (client().await, lab());
+    let calls = lab
+        .dir
+        .join("logs")
+        .join(format!("rbd-calls-{}.log", unique("d5")));
+    let selector = unique("d5");
+    let mut ctl = start_controller(
+        &selector,
+        &[
+            ("RBD_BINARY", RBD_TIMING),
+            ("RBD_CALL_LOG", calls.to_str().unwrap()),
+        ],
+    );
+    let ns = run_namespace(&client, "ctl-d5").await;
+    let pool = lab.pool.as_str();
+    let base = || {
+        RunBuilder::new(&selector)
+            .param("action", "status")
+            .param("cluster", "site-a")
+            .param("pool", pool)
+    };
+    let evil: Vec<String> = [
+        "--keyring=/x",
+        "-n",
+        "--id=admin",
+        "-c",
+        "--conf=/etc/ceph/ceph.conf",
+        "-p",
+        "--cluster=x",
+        "a/../b",
+        "../a",
+        "a/./b",
+        "/a",
+        "a/",
+        "p/ns/img/extra",
+        "ímage",
+        "图像",
+        "a\u{200b}b",
+        "💥",
+        "\u{202e}gpj",
+        "a\u{7f}b",
+        "a b",
+        "a\tb",
+        "a\nb",
+        " a",
+        "a ",
+        "$(id)",
+        "`id`",
+        "a|b",
+        "a&b",
+        "a>b",
+        "*",
+        "a'b",
+        "a\"b",
+        "a\\b",
+        "a@snap",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // (name, run, the reason it must end with; None: any refusal)
+    let mut cases: Vec<(String, RunBuilder, Option<&str>)> = vec![];
+    for (i, v) in evil.iter().enumerate() {
+        // Surrounding blanks are trimmed (YAML block scalars leave a
+        // newline): " a" is the image "a", refused only as missing.
+        let want = (v.trim() == v).then_some("InvalidParams");
+        cases.push((
+            format!("image-{i}"),
+            base().param("images", json!([v])),
+            want,
+        ));
+        cases.push((
+            format!("pool-{i}"),
+            RunBuilder::new(&selector)
+                .param("action", "status")
+                .param("cluster", "site-a")
+                .param("pool", v.as_str())
+                .param("images", json!(["a"])),
+            want,
+        ));
+        cases.push((
+            format!("cluster-{i}"),
+            RunBuilder::new(&selector)
+                .param("action", "status")
+                .param("cluster", v.as_str())
+                .param("pool", pool)
+                .param("images", json!(["a"])),
+            want,
+        ));
+    }
+    for (i, c) in [
+        "-1",
+        "65",
+        "99999999999999999999",
+        "1.5",
+        "x",
+        "0x10",
+        " 8",
+        "0",
+    ]
+    .iter()
+    .enumerate()
+    {
+        // " 8" may be read as 8: then the missing image refuses it.
+        let want = (*c != " 8").then_some("InvalidParams");
+        cases.push((
+            format!("concurrency-{i}"),
+            base()
+                .param("images", json!(["a"]))
+                .param("concurrency", *c),
+            want,
+        ));
+    }
+    let many: Vec<String> = (0..501).map(|i| format!("img-{i}")).collect();
+    let huge = "a".repeat(1 << 20);
+    let more: Vec<(&str, RunBuilder, Option<&str>)> = vec![
+        (
+            "501-images",
+            base().param("images", json!(many)),
+            Some("InvalidParams"),
+        ),
+        (
+            "huge-image",
+            base().param("images", json!([huge])),
+            Some("InvalidParams"),
+        ),
+        (
+            "huge-pool",
+            base()
+                .param("images", json!(["a"]))
+                .param("pool", huge.as_str()),
+            Some("InvalidParams"),
+        ),
+        (
+            "object-images",
+            base().param("images", json!({"a": "b"})),
+            Some("InvalidParams"),
+        ),
+        (
+            "object-action",
+            base()
+                .param("images", json!(["a"]))
+                .param("action", json!({"x": 1})),
+            Some("InvalidParams"),
+        ),
+        (
+            "array-pool",
+            base()
+                .param("images", json!(["a"]))
+                .param("pool", json!(["p"])),
+            Some("InvalidParams"),
+        ),
+        (
+            "number-force",
+            base()
+                .param("images", json!(["a"]))
+                .param("force", json!(1)),
+            Some("InvalidParams"),
+        ),
+        (
+            "duplicate-images",
+            base().param("images", json!(["missing-a", "missing-a"])),
+            None,
+        ),
+        (
+            "duplicate-action",
+            base()
+                .param("images", json!(["a"]))
+                .param("action", "demote"),
+            None,
+        ),
+        (
+            "peer-option",
+            base()
+                .param("images", json!(["a"]))
+                .param("peerCluster", "--keyring=/x"),
+            Some("InvalidParams"),
+        ),
+    ];
+    cases.extend(more.into_iter().map(|(n, b, r)| (n.to_string(), b, r)));
+    assert!(cases.len() >= 100, "{} cases", cases.len());
+    let mut created = vec![];
+    for (name, b, reason) in cases {
+        // The API server may refuse a run outright (e.g. a param value of
+        // the wrong JSON type for its schema): that is a refusal too.
+        let obj: kube::api::DynamicObject = serde_json::from_value(b.body(&name)).unwrap();
+        if customruns(&client, &ns)
+            .create(&Default::default(), &obj)
+            .await
+            .is_ok()
+        {
+            created.push((name, reason));
+        }
+    }
+    assert!(created.len() >= 100, "{} runs accepted", created.len());
+    for (name, reason) in &created {
+        let done = wait_done(&client, &ns, name, 60).await;
+        let (s, r, m) = condition(&done).unwrap();
+        assert_eq!(s, "False", "{name}: {r} {m}");
+        match reason {
+            Some(want) => assert_eq!(r, *want, "{name}: {m}"),
+            None => assert!(
+                ["InvalidParams", "ImageNotFound", "SecretNotFound"].contains(&r.as_str()),
+                "{name}: {r} {m}"
+            ),
+        }
+        assert!(m.len() <= 1024, "{name}: a message of {} bytes", m.len());
+        assert!(
+            done.data["status"]["retriesStatus"]
+                .as_array()
+                .is_none_or(|a| a.is_empty()),
+            "{name} is not retried"
+        );
+    }
+    let log = rbd_calls(&calls);
+    for (_, _, argv) in &log {
+        for v in &evil {
+            assert!(
+                !argv
+                    .split(' ')
+                    .any(|a| a == v || a.ends_with(&format!("/{v}"))),
+                "an input reached rbd: {argv}"
+            );
+        }
+    }
+    // Still serving, the same process: a good run right after.
+    assert!(
+        ctl.child.try_wait().unwrap().is_none(),
+        "the controller is alive"
+    );
+    let img = unique("after-d5");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    base()
+        .param("images", json!([img]))
+        .create(&client, &ns, "good")
+        .await;
+    assert_condition(
+        &wait_done(&client, &ns, "good", 60).await,
+        "True",
+        "Succeeded",
+    );
+}
