@@ -982,17 +982,10 @@ async fn dry_runs_say_what_they_would_do_and_change_nothing() {
     let img = unique("dry");
     mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     let key = format!("{}/{img}", lab.pool);
-    let calls = lab.dir.join("logs").join(format!("rbd-calls-{img}.log"));
-    let selector = unique("dry");
-    let _ctl = start_controller(
-        &selector,
-        &[
-            ("RBD_BINARY", RBD_TIMING),
-            ("RBD_CALL_LOG", calls.to_str().unwrap()),
-        ],
-    );
+    let ctl = logged_controller("dry");
+    let (selector, calls) = (&ctl.selector, &ctl.calls);
     let step = |action: &str, cluster: &str| {
-        RunBuilder::new(&selector)
+        RunBuilder::new(selector)
             .param("action", action)
             .param("cluster", cluster)
             .param("pool", lab.pool.as_str())
@@ -1032,7 +1025,7 @@ async fn dry_runs_say_what_they_would_do_and_change_nothing() {
     }
     assert_eq!(lab.a.is_primary(&lab.pool, &img), Some(true));
     assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
-    let log = rbd_calls(&calls);
+    let log = rbd_calls(calls);
     assert!(!log.is_empty(), "the call log recorded the dry runs' reads");
     let mutations: Vec<&String> = log
         .iter()
@@ -1060,18 +1053,8 @@ async fn dry_runs_say_what_they_would_do_and_change_nothing() {
 #[tokio::test]
 async fn a_hundred_malformed_runs_each_fail_fast_and_none_reaches_rbd() {
     let (client, lab) = (client().await, lab());
-    let calls = lab
-        .dir
-        .join("logs")
-        .join(format!("rbd-calls-{}.log", unique("d5")));
-    let selector = unique("d5");
-    let mut ctl = start_controller(
-        &selector,
-        &[
-            ("RBD_BINARY", RBD_TIMING),
-            ("RBD_CALL_LOG", calls.to_str().unwrap()),
-        ],
-    );
+    let mut ctl = logged_controller("d5");
+    let (selector, calls) = (ctl.selector.clone(), ctl.calls.clone());
     let ns = run_namespace(&client, "ctl-d5").await;
     let pool = lab.pool.as_str();
     let base = || {
@@ -1286,7 +1269,7 @@ async fn a_hundred_malformed_runs_each_fail_fast_and_none_reaches_rbd() {
     }
     // Still serving, the same process: a good run right after.
     assert!(
-        ctl.child.try_wait().unwrap().is_none(),
+        ctl.proc.child.try_wait().unwrap().is_none(),
         "the controller is alive"
     );
     let img = unique("after-d5");

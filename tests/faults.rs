@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -33,45 +32,6 @@ struct ThawOnDrop;
 impl Drop for ThawOnDrop {
     fn drop(&mut self) {
         lab_cmd(&["thaw", "site-a"]);
-    }
-}
-
-/// A controller of this test only, running `rbd` through the logging wrapper.
-struct Logged {
-    proc: ControllerProcess,
-    calls: PathBuf,
-    selector: String,
-}
-
-fn logged_controller(name: &str) -> Logged {
-    let calls = lab()
-        .dir
-        .join("logs")
-        .join(format!("rbd-calls-{}.log", unique(name)));
-    let wrapper = RBD_TIMING;
-    let selector = unique(name);
-    let proc = start_controller(
-        &selector,
-        &[
-            ("RBD_BINARY", wrapper),
-            ("RBD_CALL_LOG", calls.to_str().unwrap()),
-        ],
-    );
-    Logged {
-        proc,
-        calls,
-        selector,
-    }
-}
-
-impl Logged {
-    /// (start time in ns, arguments) of every rbd call naming `needle`.
-    fn calls(&self, needle: &str) -> Vec<(u128, String)> {
-        rbd_calls(&self.calls)
-            .into_iter()
-            .filter(|(_, _, a)| a.contains(needle))
-            .map(|(start, _, a)| (start, a))
-            .collect()
     }
 }
 
@@ -258,34 +218,18 @@ async fn killed_controller_resumes_a_resync_without_issuing_it_twice() {
             .map(drop)
     })
     .await;
-    wait_for(30, "the resync issued", || async {
-        ctl.calls(&img)
-            .iter()
-            .any(|(_, a)| a.contains("mirror image resync"))
-            .then_some(())
-    })
-    .await;
+    ctl.wait_call(&img, "mirror image resync", 30).await;
     ctl.proc.child.kill().expect("SIGKILL the controller");
     ctl.proc.child.wait().unwrap();
     let before = api.get("resync").await.unwrap();
     assert_eq!(condition(&before).unwrap().0, "Unknown", "killed mid-step");
 
     // A new controller (same selector, same rbd log) resumes the run.
-    let proc2 = start_controller(
-        &ctl.selector,
-        &[
-            ("RBD_BINARY", RBD_TIMING),
-            ("RBD_CALL_LOG", ctl.calls.to_str().unwrap()),
-        ],
-    );
+    let proc2 = start_controller(&ctl.selector, &Logged::env(&ctl.calls));
     let done = wait_done(&client, &ns, "resync", 180).await;
     assert_condition(&done, "True", "Succeeded");
     assert_eq!(result(&done, "outcomes").unwrap()[&key], "resynced");
-    let resyncs = ctl
-        .calls(&img)
-        .into_iter()
-        .filter(|(_, a)| a.contains("mirror image resync"))
-        .count();
+    let resyncs = ctl.count(&img, "mirror image resync");
     assert_eq!(
         resyncs, 1,
         "the resync was issued exactly once across the restart"
@@ -649,13 +593,13 @@ async fn api_server_restarts_lose_no_watch() {
     drop(ctl);
 }
 
-fn signal(proc: &ControllerProcess, sig: &str) {
+fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
-        .args([format!("-{sig}"), proc.child.id().to_string()])
+        .args([format!("-{sig}"), pid.to_string()])
         .status()
         .expect("kill")
         .success();
-    assert!(ok, "kill -{sig} the controller");
+    assert!(ok, "kill -{sig} {pid}");
 }
 
 /// A5: two replicas with leader election (the Deployment's flags); the
@@ -724,7 +668,7 @@ async fn a_paused_leader_is_replaced_and_acts_no_more_when_it_wakes() {
     })
     .await;
 
-    signal(&leader, "STOP");
+    signal(leader.child.id(), "STOP");
     let paused_at = Instant::now();
     lab.a
         .rbd_ok(&["mirror", "image", "demote", &format!("{}/{img}", lab.pool)]);
@@ -744,7 +688,7 @@ async fn a_paused_leader_is_replaced_and_acts_no_more_when_it_wakes() {
     let version = done.metadata.resource_version.clone();
     let before = rbd_calls(&calls("first")).len();
 
-    signal(&leader, "CONT");
+    signal(leader.child.id(), "CONT");
     let deadline = Instant::now() + Duration::from_secs(60);
     let exited = loop {
         if let Some(status) = leader.child.try_wait().unwrap() {
@@ -822,13 +766,7 @@ async fn a_resync_survives_its_rbd_mirror_killed_mid_sync() {
         .timeout("10m")
         .create(&client, &ns, "resync")
         .await;
-    wait_for(60, "the resync issued", || async {
-        ctl.calls(&img)
-            .iter()
-            .any(|(_, a)| a.contains("mirror image resync"))
-            .then_some(())
-    })
-    .await;
+    ctl.wait_call(&img, "mirror image resync", 60).await;
     // Kill once site-b's rbd-mirror has taken the resync up (the old image
     // deleted, the new one being created and synced), not before, which
     // would prove nothing. (A 256 MiB snapshot image never showed
@@ -841,11 +779,7 @@ async fn a_resync_survives_its_rbd_mirror_killed_mid_sync() {
     })
     .await;
     let pid = std::fs::read_to_string(lab.dir.join("pids/ceph-b-rbd-mirror.pid")).unwrap();
-    let killed = Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "SIGKILL site-b's rbd-mirror");
+    signal(pid.trim().parse().unwrap(), "KILL");
     eprintln!("site-b's image at the kill: {state_at_kill:?}");
     // The fault's length, not a wait for a condition: the daemon stays down.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -860,11 +794,7 @@ async fn a_resync_survives_its_rbd_mirror_killed_mid_sync() {
     let done = wait_done(&client, &ns, "resync", 300).await;
     assert_condition(&done, "True", "Succeeded");
     assert_eq!(result(&done, "outcomes").unwrap()[&spec], "resynced");
-    let resyncs = ctl
-        .calls(&img)
-        .into_iter()
-        .filter(|(_, a)| a.contains("mirror image resync"))
-        .count();
+    let resyncs = ctl.count(&img, "mirror image resync");
     assert_eq!(resyncs, 1, "the resync was issued exactly once");
     assert_ne!(id(&lab.b), Some(id_before), "site-b's image was re-created");
     wait_for(120, "site-b replaying the resynced image", || async {

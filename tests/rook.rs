@@ -11,7 +11,6 @@ use std::process::Command;
 use common::runs::*;
 use common::{Site, client, lab, mirrored_image, namespace, unique};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -81,28 +80,17 @@ async fn rook_namespace(client: &Client, site: &Site, mon: &str, user: &str) -> 
 
 /// Lets the runs of `run_ns` read Rook's Secret and ConfigMap in `rook_ns`.
 async fn allow_rook(client: &Client, rook_ns: &str, run_ns: &str) {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "read-rook-connection"},
-        "rules": [
+    grant(
+        client,
+        rook_ns,
+        "read-rook-connection",
+        json!([
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["rook-ceph-mon-endpoints"], "verbs": ["get"]},
-        ]
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "read-rook-connection"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-rook-connection"},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": run_ns}]
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(client.clone(), rook_ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), rook_ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+        ]),
+        run_ns,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -227,18 +227,8 @@ async fn no_key_reaches_a_log_an_argv_a_status_or_an_event() {
     use k8s_openapi::api::events::v1::Event;
     use kube::api::PostParams;
     let (client, lab) = (client().await, lab());
-    let calls = lab
-        .dir
-        .join("logs")
-        .join(format!("rbd-calls-{}.log", unique("e1")));
-    let selector = unique("e1");
-    let ctl = start_controller(
-        &selector,
-        &[
-            ("RBD_BINARY", RBD_TIMING),
-            ("RBD_CALL_LOG", calls.to_str().unwrap()),
-        ],
-    );
+    let ctl = logged_controller("e1");
+    let (selector, calls) = (ctl.selector.clone(), ctl.calls.clone());
     let ns = run_namespace(&client, "safe-e1").await;
     let real_key = std::fs::read_to_string(&lab.a.keyring)
         .unwrap()
@@ -326,7 +316,7 @@ async fn no_key_reaches_a_log_an_argv_a_status_or_an_event() {
         .list(&Default::default())
         .await
         .unwrap();
-    let log = ctl.log.clone();
+    let log = ctl.proc.log.clone();
     drop(ctl);
     let artefacts = [
         ("controller log", std::fs::read_to_string(&log).unwrap()),

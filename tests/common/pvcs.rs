@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
@@ -19,25 +18,14 @@ pub const CLASS: &str = "lab-ceph-rbd";
 /// Lets the namespace's `default` ServiceAccount (the runs') get and list
 /// PersistentVolumeClaims in `pvc_ns`.
 pub async fn allow_pvcs(client: &Client, run_ns: &str, pvc_ns: &str) {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": format!("read-pvcs-{run_ns}")},
-        "rules": [{"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list"]}]
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("read-pvcs-{run_ns}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("read-pvcs-{run_ns}")},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": run_ns}]
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(client.clone(), pvc_ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), pvc_ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    super::runs::grant(
+        client,
+        pvc_ns,
+        &format!("read-pvcs-{run_ns}"),
+        json!([{"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list"]}]),
+        run_ns,
+    )
+    .await;
 }
 
 /// A claim of CLASS, as an application's StatefulSet would make it.

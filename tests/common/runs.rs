@@ -83,6 +83,65 @@ pub fn start_controller_under(
 }
 
 /// The controller shared by the tests of one binary.
+/// A controller of one test only, running `rbd` through the logging
+/// wrapper (`tests/lab/rbd-timing`): its call log is the oracle for what
+/// was sent to Ceph.
+pub struct Logged {
+    pub proc: ControllerProcess,
+    pub calls: std::path::PathBuf,
+    pub selector: String,
+}
+
+pub fn logged_controller(name: &str) -> Logged {
+    let calls = lab()
+        .dir
+        .join("logs")
+        .join(format!("rbd-calls-{}.log", super::unique(name)));
+    let selector = super::unique(name);
+    let proc = start_controller(&selector, &Logged::env(&calls));
+    Logged {
+        proc,
+        calls,
+        selector,
+    }
+}
+
+impl Logged {
+    /// The environment that makes a controller log its rbd calls to `calls`
+    /// (for a second process writing the same log).
+    pub fn env(calls: &std::path::Path) -> [(&'static str, &str); 2] {
+        [
+            ("RBD_BINARY", RBD_TIMING),
+            ("RBD_CALL_LOG", calls.to_str().unwrap()),
+        ]
+    }
+
+    /// (start time in ns, arguments) of every rbd call naming `needle`.
+    pub fn calls(&self, needle: &str) -> Vec<(u128, String)> {
+        rbd_calls(&self.calls)
+            .into_iter()
+            .filter(|(_, _, a)| a.contains(needle))
+            .map(|(start, _, a)| (start, a))
+            .collect()
+    }
+
+    /// How many calls naming `needle` were `command` (e.g. "mirror image resync").
+    pub fn count(&self, needle: &str, command: &str) -> usize {
+        self.calls(needle)
+            .iter()
+            .filter(|(_, a)| a.contains(command))
+            .count()
+    }
+
+    /// Waits until a `command` call naming `needle` is in the log.
+    pub async fn wait_call(&self, needle: &str, command: &str, secs: u64) {
+        wait_for(secs, &format!("{command} of {needle} issued"), || async {
+            (self.count(needle, command) > 0).then_some(())
+        })
+        .await
+    }
+}
+
 pub fn shared_controller(selector_value: &str) -> String {
     static SHARED: Mutex<Option<ControllerProcess>> = Mutex::new(None);
     let mut g = SHARED.lock().unwrap();
@@ -133,15 +192,25 @@ pub async fn connection_secret_conf(
 
 /// Lets the namespace's `default` ServiceAccount (the runs') read Secrets.
 pub async fn allow_secrets(client: &Client, ns: &str) {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "ceph-connections"},
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
-    }))
-    .unwrap();
+    grant(
+        client,
+        ns,
+        "ceph-connections",
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]),
+        ns,
+    )
+    .await;
+}
+
+/// A Role `name` with `rules` in `ns`, bound to the `default`
+/// ServiceAccount of `run_ns` (the runs' ServiceAccount in these tests).
+pub async fn grant(client: &Client, ns: &str, name: &str, rules: Value, run_ns: &str) {
+    let role: Role =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
     let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "ceph-connections"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ceph-connections"},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": run_ns}]
     }))
     .unwrap();
     Api::<Role>::namespaced(client.clone(), ns)
