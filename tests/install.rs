@@ -291,7 +291,18 @@ async fn binary_runs_with_the_deployment_arguments_as_its_service_account() {
         .await;
     let done = wait_done(&client, &ns, "status", 60).await;
     assert_condition(&done, "True", "Succeeded");
-    // Nothing of the connection stays on disk once the step is done.
-    let left: Vec<_> = std::fs::read_dir(&emptydir).unwrap().collect();
+    // Nothing of the connection stays on disk once the step is done: the
+    // emptyDir holds only the process's own (locked) directory, and that
+    // holds nothing but its lock file.
+    let owners: Vec<_> = std::fs::read_dir(&emptydir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(owners.len(), 1, "one owner directory: {owners:?}");
+    let left: Vec<_> = std::fs::read_dir(&owners[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "lock")
+        .collect();
     assert!(left.is_empty(), "connection files left behind: {left:?}");
 }

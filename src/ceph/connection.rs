@@ -13,8 +13,12 @@ use super::cli::RbdCli;
 
 /// The label a Secret must carry to be used as a Ceph connection.
 pub const CONNECTION_LABEL: &str = "rbdmirror.dev/ceph-connection";
-/// Prefix of the private directories, so stale ones can be swept at start.
+/// Prefix of the private per-connection directories.
 pub const TMP_PREFIX: &str = "rbdstep-conn-";
+/// Prefix of a controller process's own directory, which holds its
+/// connection directories.
+pub const OWNER_PREFIX: &str = "rbdstep-owner-";
+const OWNER_LOCK: &str = "lock";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConnectionError {
@@ -209,16 +213,59 @@ pub fn monitors(conf: &str) -> Vec<String> {
     out
 }
 
-/// Removes connection directories left behind by a controller that was killed.
+/// One controller process's directory for its connections, with a lock
+/// file held (flock) for as long as the process lives. The kernel drops the
+/// lock when the process dies, however it dies, so another process sharing
+/// the same tmp dir (two controllers on one host's /tmp, or the next
+/// container on the same emptyDir) can tell a dead owner's keyrings from a
+/// live one's.
+#[derive(Debug)]
+pub struct OwnerDir {
+    dir: tempfile::TempDir,
+    _lock: fs::File,
+}
+
+impl OwnerDir {
+    pub fn create(base: &Path) -> std::io::Result<OwnerDir> {
+        fs::create_dir_all(base)?;
+        let dir = tempfile::Builder::new()
+            .prefix(OWNER_PREFIX)
+            .tempdir_in(base)?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
+        let lock = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.path().join(OWNER_LOCK))?;
+        lock.try_lock().map_err(std::io::Error::from)?;
+        Ok(OwnerDir { dir, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Removes the directories of controller processes that died without
+/// cleaning up (SIGKILL, OOM): an owner directory whose lock nobody holds.
+/// A live process's directory is left alone, and so is one without its
+/// lock file yet (a process between making it and locking it). Connection
+/// directories directly under `base` come from versions before owner
+/// directories and are removed as before.
 pub fn sweep_stale(base: &Path) -> usize {
     let Ok(entries) = fs::read_dir(base) else {
         return 0;
     };
     let mut n = 0;
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(TMP_PREFIX)
-            && fs::remove_dir_all(e.path()).is_ok()
-        {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let stale = if name.starts_with(OWNER_PREFIX) {
+            fs::File::open(e.path().join(OWNER_LOCK)).is_ok_and(|lock| lock.try_lock().is_ok())
+        } else {
+            name.starts_with(TMP_PREFIX)
+        };
+        if stale && fs::remove_dir_all(e.path()).is_ok() {
             n += 1;
         }
     }
@@ -339,5 +386,37 @@ mod tests {
         fs::create_dir(base.path().join("keep")).unwrap();
         assert_eq!(sweep_stale(base.path()), 1);
         assert!(base.path().join("keep").exists());
+    }
+
+    #[test]
+    fn only_owner_directories_nobody_holds_are_swept() {
+        let base = tempfile::tempdir().unwrap();
+        let live = OwnerDir::create(base.path()).unwrap();
+        let live_conn = materialize(
+            "s",
+            &data(&[("keyring", "k"), ("ceph.conf", "c")]),
+            live.path(),
+        )
+        .unwrap();
+        // A dead owner: its lock file exists and nobody holds a lock on it.
+        let dead = base.path().join(format!("{OWNER_PREFIX}dead"));
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join(OWNER_LOCK), "").unwrap();
+        fs::create_dir(dead.join(format!("{TMP_PREFIX}x"))).unwrap();
+        // Being made: no lock file yet.
+        let young = base.path().join(format!("{OWNER_PREFIX}young"));
+        fs::create_dir(&young).unwrap();
+
+        assert_eq!(sweep_stale(base.path()), 1);
+        assert!(!dead.exists());
+        assert!(young.exists());
+        assert!(live_conn.keyring.exists(), "a live owner's keyring is kept");
+        drop(live_conn);
+        let path = live.path().to_path_buf();
+        drop(live);
+        assert!(
+            !path.exists(),
+            "an owner removes its directory when dropped"
+        );
     }
 }

@@ -46,6 +46,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    #[error("cannot make this process's directory for keyrings in {dir}: {message}")]
+    TmpDir { dir: String, message: String },
     #[error("leader election on Lease {namespace}/{lease}: {message}")]
     Lease {
         namespace: String,
@@ -334,11 +336,19 @@ async fn controller_for(ctx: Arc<Context>, flavor: Flavor, shutdown: Cancellatio
 }
 
 /// Runs the controller until SIGINT/SIGTERM.
-pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
+pub async fn run(client: kube::Client, mut config: Config) -> Result<(), Error> {
     let swept = crate::ceph::connection::sweep_stale(&config.tmp_dir);
     if swept > 0 {
         info!(swept, dir = %config.tmp_dir.display(), "removed stale connection directories");
     }
+    // Held until this function returns; a killed process leaves it for the
+    // next one's sweep.
+    let owner =
+        crate::ceph::connection::OwnerDir::create(&config.tmp_dir).map_err(|e| Error::TmpDir {
+            dir: config.tmp_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+    config.tmp_dir = owner.path().to_path_buf();
     if !served(&client, Flavor::CustomRun).await {
         return Err(Error::ApiMissing("tekton.dev/v1beta1 CustomRun"));
     }
