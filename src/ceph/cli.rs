@@ -72,6 +72,9 @@ pub struct RbdCli {
     pub read_timeout: Duration,
     /// Deadline of demote/promote/resync (a forced snapshot promote can take minutes).
     pub write_timeout: Duration,
+    /// Whether the cluster accepted this client once (shared by clones):
+    /// a refusal after that is a key revoked or rotated under the step.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RbdCli {
@@ -83,6 +86,7 @@ impl RbdCli {
             user,
             read_timeout: Duration::from_secs(20),
             write_timeout: Duration::from_secs(300),
+            accepted: Default::default(),
         }
     }
 
@@ -175,47 +179,67 @@ impl RbdCli {
                 format!("cannot start {}: {e}", self.binary.display()),
             )
         })?;
-        let out =
-            match tokio::time::timeout(deadline + Duration::from_secs(5), child.wait_with_output())
-                .await
-            {
-                Ok(Ok(out)) => out,
-                Ok(Err(e)) => {
-                    return Err(err(
-                        RbdErrorKind::Other,
-                        None,
-                        format!("waiting for rbd: {e}"),
-                    ));
-                }
-                Err(_) if op.mutates() => {
-                    return Err(err(
-                        RbdErrorKind::OutcomeUnknown,
-                        None,
-                        format!(
-                            "still running after {}s: left to finish; its outcome is read again",
-                            deadline.as_secs()
-                        ),
-                    ));
-                }
-                Err(_) => {
-                    return Err(err(
-                        RbdErrorKind::Unavailable,
-                        None,
-                        format!("no answer within {}s", deadline.as_secs()),
-                    ));
-                }
-            };
+        // Each call's end, by process id: with a call log that records
+        // each start (tests/lab/rbd-timing), the tests' oracle for how
+        // many times a command ran and whether two overlapped.
+        let pid = child.id();
+        let started = std::time::Instant::now();
+        let waited =
+            tokio::time::timeout(deadline + Duration::from_secs(5), child.wait_with_output()).await;
+        let ms = started.elapsed().as_millis() as u64;
+        match &waited {
+            Ok(Ok(out)) => {
+                let exit = out.status.code().unwrap_or(-1);
+                tracing::debug!(pid, op = op.as_str(), target, exit, ms, "rbd call ended")
+            }
+            // A mutation past its deadline keeps running (never cut
+            // half-way): its end is not known here.
+            _ => tracing::debug!(pid, op = op.as_str(), target, ms, "rbd call not waited for"),
+        }
+        let out = match waited {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                return Err(err(
+                    RbdErrorKind::Other,
+                    None,
+                    format!("waiting for rbd: {e}"),
+                ));
+            }
+            Err(_) if op.mutates() => {
+                return Err(err(
+                    RbdErrorKind::OutcomeUnknown,
+                    None,
+                    format!(
+                        "still running after {}s: left to finish; its outcome is read again",
+                        deadline.as_secs()
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(err(
+                    RbdErrorKind::Unavailable,
+                    None,
+                    format!("no answer within {}s", deadline.as_secs()),
+                ));
+            }
+        };
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let accepted = &self.accepted;
         if out.status.success() {
+            accepted.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(stdout);
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         let code = out.status.code().unwrap_or(-1);
-        Err(err(
-            classify(op, code, &stderr),
-            Some(code),
-            reason_line(&stderr),
-        ))
+        let kind = match classify(op, code, &stderr) {
+            RbdErrorKind::PermissionDenied
+                if accepted.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                RbdErrorKind::KeyRejected
+            }
+            kind => kind,
+        };
+        Err(err(kind, Some(code), reason_line(&stderr)))
     }
 
     async fn json<T: DeserializeOwned>(

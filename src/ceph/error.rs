@@ -69,6 +69,9 @@ pub enum RbdErrorKind {
     Unavailable,
     /// cephx refused the client (EACCES/EPERM).
     PermissionDenied,
+    /// cephx refused a client it had accepted earlier through the same
+    /// connection: its key was revoked or rotated meanwhile.
+    KeyRejected,
     /// The `rbd` program could not be started.
     NoBinary,
     /// Output that could not be parsed.

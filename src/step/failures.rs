@@ -30,6 +30,13 @@ pub fn ceph_failure(e: &RbdError, site: &str) -> Failure {
                 "Ceph on {site} refused the client of its Secret ({e}): it needs mon 'profile rbd', osd 'profile rbd pool=...'"
             ),
         ),
+        RbdErrorKind::KeyRejected => Failure::new(
+            Reason::KeyRejected,
+            format!(
+                "Ceph stopped accepting the key of Secret {site:?} during this step ({e}): the key was \
+                 revoked or rotated. The next attempt (retries) reads the Secret again; update it with the current key"
+            ),
+        ),
         RbdErrorKind::NoBinary => Failure::new(
             Reason::CephError,
             format!("{e}: install ceph-common (the rbd CLI) beside the controller"),

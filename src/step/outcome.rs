@@ -18,6 +18,9 @@ pub enum Reason {
     SecretNotFound,
     InvalidSecret,
     Forbidden,
+    /// The cluster refused a key it had accepted earlier in the attempt
+    /// (revoked or rotated): the next attempt reads the Secret again.
+    KeyRejected,
     ImageNotFound,
     MirroringDisabled,
     ImageInUse,
@@ -41,6 +44,7 @@ impl Reason {
             Reason::SecretNotFound => "SecretNotFound",
             Reason::InvalidSecret => "InvalidSecret",
             Reason::Forbidden => "Forbidden",
+            Reason::KeyRejected => "KeyRejected",
             Reason::ImageNotFound => "ImageNotFound",
             Reason::MirroringDisabled => "MirroringDisabled",
             Reason::ImageInUse => "ImageInUse",
@@ -60,7 +64,10 @@ impl Reason {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Reason::CephUnavailable | Reason::CephError | Reason::PromoteRefused
+            Reason::CephUnavailable
+                | Reason::CephError
+                | Reason::PromoteRefused
+                | Reason::KeyRejected
         )
     }
 }

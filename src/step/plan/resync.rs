@@ -189,7 +189,12 @@ impl Resync {
                     unsure_since: None,
                 }
             }
-            Err(e) if e.kind == RbdErrorKind::PermissionDenied => {
+            Err(e)
+                if matches!(
+                    e.kind,
+                    RbdErrorKind::PermissionDenied | RbdErrorKind::KeyRejected
+                ) =>
+            {
                 Stage::Failed(ceph_failure(&e, site))
             }
             // A failed call does not prove nothing happened: "possibly
