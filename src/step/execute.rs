@@ -267,7 +267,12 @@ impl<C: Ceph, K: Checkpoint> Ctx<'_, C, K> {
     fn finish(self, end: StepEnd, images: Vec<String>, started: Instant) -> Execution {
         let progress = {
             let mut p = self.progress.lock().expect("progress");
-            p.waiting = None;
+            // A step stopped (timed out, cancelled) while waiting keeps what
+            // it waited for: its final message then says why it never got
+            // there (e.g. which rbd-mirror is not reporting).
+            if end != StepEnd::Stopped {
+                p.waiting = None;
+            }
             p.clone()
         };
         Execution {

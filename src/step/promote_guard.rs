@@ -136,6 +136,23 @@ pub fn judge(
             _ => {}
         }
     }
+    // The peer let go, yet its demotion has not arrived: say so when it is
+    // because this site's rbd-mirror is not running, the one cause an
+    // operator must act on (a bare timeout would hide it).
+    if peer_primary != Some(true) {
+        let Some(status) = &obs.status else {
+            return Guard::Need(vec![Read::Status]);
+        };
+        if let Ok(s) = status
+            && s.state.starts_with("down+")
+        {
+            return Guard::NotYet(format!(
+                "rbd-mirror on {site} is not reporting for {img} ({}): {peer_name}'s demotion cannot arrive \
+                 until that daemon runs again; check the rbd-mirror daemon of {site}",
+                s.state
+            ));
+        }
+    }
     Guard::NotYet(match (peer_primary, replayer) {
         (Some(true), _) => format!("{peer_name} is still primary"),
         (_, Some(state)) => format!(

@@ -280,8 +280,29 @@ fn snapshot_promote_of_an_orphan_without_the_demotion_is_never_issued() {
     let mut p = plan(Action::Promote, false, true);
     let mut obs = promote_obs(info(false, "snapshot", "1"), Some(false));
     obs.snapshots = Some(Ok(replaying_snapshots()));
+    assert_eq!(reads(p.next(&obs, T0)), vec![Read::Status]);
+    obs.status = Some(Ok(status("up+replaying")));
     let why = waits(p.next(&obs, T0));
     assert!(why.contains("has not arrived"), "{why}");
+}
+
+#[test]
+fn a_promote_waiting_on_a_stopped_rbd_mirror_names_the_daemon() {
+    // faults.md C3b: the peer demoted, this site's rbd-mirror is down, so
+    // the demotion cannot arrive; the wait (and a timeout after it) says
+    // which daemon to look at.
+    for mode in ["snapshot", "journal"] {
+        let mut p = plan(Action::Promote, false, true);
+        let mut obs = promote_obs(info(false, mode, "1"), Some(false));
+        obs.snapshots = Some(Ok(replaying_snapshots()));
+        obs.peer_journal = Some(Ok(journal(Some((2, 5)), Some((2, 4)))));
+        obs.status = Some(Ok(status("down+stopped")));
+        let why = waits(p.next(&obs, T0));
+        assert!(
+            why.contains("rbd-mirror on site-b is not reporting") && why.contains("down+stopped"),
+            "{mode}: {why}"
+        );
+    }
 }
 
 #[test]
@@ -312,6 +333,8 @@ fn journal_promote_waits_for_the_replay_and_then_for_the_replayer_to_finish() {
     assert_eq!(reads(p.next(&obs, T0)), vec![Read::PeerJournal]);
     // Not caught up: wait.
     obs.peer_journal = Some(Ok(journal(Some((2, 5)), Some((2, 4)))));
+    assert_eq!(reads(p.next(&obs, T0)), vec![Read::Status]);
+    obs.status = Some(Ok(status("up+replaying")));
     waits(p.next(&obs, T0));
     // Caught up, but the local replayer is still stopping (defect 0).
     let mut obs = promote_obs(info(false, "journal", "1"), Some(false));
@@ -329,6 +352,7 @@ fn journal_promote_with_empty_commit_positions_is_not_caught_up() {
     let mut p = plan(Action::Promote, false, true);
     let mut obs = promote_obs(info(false, "journal", "1"), Some(false));
     obs.peer_journal = Some(Ok(journal(None, None)));
+    obs.status = Some(Ok(status("up+replaying")));
     waits(p.next(&obs, T0));
 }
 
