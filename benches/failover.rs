@@ -22,7 +22,7 @@ struct Calls(PathBuf);
 
 impl Calls {
     /// (start ns, end ns, args) of each rbd call the controller made.
-    fn all(&self) -> Vec<(u128, u128, String)> {
+    fn all(&self) -> Vec<(u128, Option<u128>, String)> {
         rbd_calls(&self.0)
     }
 }
@@ -270,7 +270,8 @@ impl Bench {
                 .all()
                 .iter()
                 .filter(|(s, _, _)| *s >= start && *s <= end)
-                .map(|(s, e, _)| (*s, *e))
+                // Every call of a Succeeded step has ended in its controller's log.
+                .map(|(s, e, _)| (*s, e.expect("the call's end in the controller log")))
                 .collect();
             let in_rbd = covered(spans);
             totals.push(d.as_secs_f64() * 1e3);
@@ -588,7 +589,12 @@ async fn main() {
     let port = 18091;
     // Quiet by default: logging is not what is measured. BENCH_RUST_LOG=debug
     // gives the controller's timeline of each step in its log.
-    let log_level = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
+    // The per-call debug line is where the call log's ends come from (one
+    // line per rbd process, next to nothing beside the process itself).
+    let log_level = format!(
+        "{},rbd_mirror_step::ceph::cli=debug",
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into())
+    );
     // BENCH_CALLGRIND=<file>: the controller runs under callgrind (tens of
     // times slower: only the profile, not the times, means anything then).
     let callgrind = std::env::var("BENCH_CALLGRIND").ok();
