@@ -57,6 +57,8 @@ const CI_SCENARIOS: &[&str] = &[
     "c11-stale-snapshot-promote",
     "demote-in-use",
     "resync-stages-journal",
+    // faults.md C3a, in the CI subset of the fault matrix.
+    "c3a-daemon-back",
 ];
 
 /// A step that the catalogue allows to still be waiting (`End::Waits`) is

@@ -26,12 +26,7 @@ async fn planned_failover_pipeline_moves_images_and_publishes_results() {
         &ns,
         "planned-failover",
         "move",
-        json!([
-            {"name": "pool", "value": lab.pool},
-            {"name": "images", "value": imgs},
-            {"name": "from-cluster", "value": "site-a"},
-            {"name": "to-cluster", "value": "site-b"},
-        ]),
+        planned_failover_params(&imgs),
         json!({}),
     )
     .await;

@@ -15,6 +15,52 @@ use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
+#[path = "faults/control_plane.rs"]
+mod control_plane;
+#[path = "faults/keys.rs"]
+mod keys;
+#[path = "faults/kills.rs"]
+mod kills;
+
+/// The environment of a replica `who` with the Deployment's leader
+/// election, its Lease in `ns`.
+fn replica_env<'a>(ns: &'a str, who: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("RBDSTEP_LEADER_ELECTION", "true"),
+        ("POD_NAMESPACE", ns),
+        ("POD_NAME", who),
+    ]
+}
+
+/// A guarded promote through Secret `cluster` (site-b's) of a fresh image,
+/// waiting (M4) for site-a, still primary, to be demoted. Returns the image.
+async fn waiting_promote(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+    name: &str,
+    cluster: &str,
+    retries: u32,
+) -> String {
+    let lab = lab();
+    let img = unique("wait");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    RunBuilder::one(selector, "promote", cluster, &img)
+        .param("peerCluster", "site-a")
+        .retries(retries)
+        .timeout("10m")
+        .create(client, ns, name)
+        .await;
+    let runs = customruns(client, ns);
+    wait_for(60, "the promote to wait for the demotion", || async {
+        let r = runs.get(name).await.ok()?;
+        let (_, _, m) = condition(&r)?;
+        m.contains("waiting").then_some(())
+    })
+    .await;
+    img
+}
+
 fn lab_cmd(args: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab");
     let out = Command::new(script)
@@ -397,7 +443,8 @@ async fn two_controllers_with_default_flags_never_both_act() {
                 .filter(|(_, _, a)| {
                     a.starts_with(&format!("mirror image {verb}")) && a.ends_with(&key)
                 })
-                .map(|(s, e, _)| (*s, *e))
+                // A call with no end may still run: it overlaps all after it.
+                .map(|(s, e, _)| (*s, e.unwrap_or(u128::MAX)))
                 .collect()
         };
         // A demote is sent once; a promote may be sent again after Ceph's
@@ -621,13 +668,7 @@ async fn a_paused_leader_is_replaced_and_acts_no_more_when_it_wakes() {
         let log = calls(who);
         start_controller(
             &selector,
-            &[
-                ("RBD_BINARY", RBD_TIMING),
-                ("RBD_CALL_LOG", log.to_str().unwrap()),
-                ("RBDSTEP_LEADER_ELECTION", "true"),
-                ("POD_NAMESPACE", ns.as_str()),
-                ("POD_NAME", who),
-            ],
+            &[&Logged::env(&log)[..], &replica_env(&ns, who)[..]].concat(),
         )
     };
     // Both replicas log into one file (named by selector): who leads is
@@ -651,12 +692,8 @@ async fn a_paused_leader_is_replaced_and_acts_no_more_when_it_wakes() {
     let img = unique("leader");
     mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     // A guarded promote on site-b while site-a is still primary: it waits.
-    RunBuilder::new(&selector)
-        .param("action", "promote")
-        .param("cluster", "site-b")
+    RunBuilder::one(&selector, "promote", "site-b", &img)
         .param("peerCluster", "site-a")
-        .param("pool", lab.pool.as_str())
-        .param("images", json!([img]))
         .timeout("10m")
         .create(&client, &ns, "promote")
         .await;
@@ -801,4 +838,48 @@ async fn a_resync_survives_its_rbd_mirror_killed_mid_sync() {
         (lab.b.mirror_state(&lab.pool, &img).as_deref() == Some("up+replaying")).then_some(())
     })
     .await;
+}
+
+/// Starts a stopped daemon of a site again even when the test panics.
+struct StartOnDrop(&'static str, &'static str);
+impl Drop for StartOnDrop {
+    fn drop(&mut self) {
+        lab_cmd(&["start", self.0, self.1]);
+    }
+}
+
+/// C3b: site-b's rbd-mirror is stopped for good after site-a's demotion.
+/// The guarded promote on site-b can never be proven: it ends at its
+/// timeout, and the message names the daemon to look at, not a bare
+/// timeout. Nothing is promoted.
+#[tokio::test]
+async fn a_promote_whose_rbd_mirror_never_returns_times_out_naming_the_daemon() {
+    let _serial = SERIAL.lock().await;
+    let (client, lab) = (client().await, lab());
+    let ns = run_namespace(&client, "fault-c3b").await;
+    let ctl = logged_controller("c3b");
+    let img = unique("c3b");
+    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
+    let _start = StartOnDrop("site-b", "rbd-mirror");
+    lab_cmd(&["stop", "site-b", "rbd-mirror"]);
+    lab.a
+        .rbd_ok(&["mirror", "image", "demote", &format!("{}/{img}", lab.pool)]);
+    RunBuilder::one(&ctl.selector, "promote", "site-b", &img)
+        .param("peerCluster", "site-a")
+        .timeout("40s")
+        .create(&client, &ns, "promote")
+        .await;
+    let done = wait_done(&client, &ns, "promote", 120).await;
+    let (status, reason, message) = condition(&done).unwrap();
+    eprintln!("C3b: {status} {reason}: {message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "CustomRunTimedOut")
+    );
+    assert!(
+        message.contains("rbd-mirror on site-b is not reporting"),
+        "the message names the daemon: {message}"
+    );
+    assert_eq!(ctl.count(&img, "mirror image promote"), 0);
+    assert_eq!(lab.b.is_primary(&lab.pool, &img), Some(false));
 }

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::runs::*;
 use common::{Site, client, lab, mirrored_image, namespace, unique};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -17,40 +15,19 @@ use serde_json::json;
 
 const SECRET: &str = "rook-csi-rbd-provisioner";
 
-/// `ceph` as the site's admin (test set-up only).
-fn ceph_admin(site: &Site, args: &[&str]) -> String {
-    let out = Command::new("ceph")
-        .arg("-c")
-        .arg(&site.admin_conf)
-        .args(["--connect-timeout", "15"])
-        .args(args)
-        .output()
-        .expect("ceph runs");
-    assert!(
-        out.status.success(),
-        "ceph {args:?} on {}: {}",
-        site.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A cephx user with exactly the caps Rook gives `client.csi-rbd-provisioner`.
 fn csi_user(site: &Site, user: &str) -> String {
-    ceph_admin(
-        site,
-        &[
-            "auth",
-            "get-or-create-key",
-            &format!("client.{user}"),
-            "mon",
-            "profile rbd, allow command 'osd blocklist'",
-            "mgr",
-            "allow rw",
-            "osd",
-            "profile rbd",
-        ],
-    )
+    site.ceph_ok(&[
+        "auth",
+        "get-or-create-key",
+        &format!("client.{user}"),
+        "mon",
+        "profile rbd, allow command 'osd blocklist'",
+        "mgr",
+        "allow rw",
+        "osd",
+        "profile rbd",
+    ])
 }
 
 /// The objects Rook keeps in its namespace for one cluster.
@@ -178,7 +155,8 @@ async fn a_failover_connects_through_rook_objects_and_follows_a_rotated_key() {
         )
         .await
         .unwrap();
-    ceph_admin(&lab.b, &["auth", "del", &format!("client.{first_user}")]);
+    lab.b
+        .ceph_ok(&["auth", "del", &format!("client.{first_user}")]);
 
     // Failback b -> a, then a resync of b: every action with the CSI caps.
     on("demote", &rook_b)
@@ -220,7 +198,8 @@ async fn a_failover_connects_through_rook_objects_and_follows_a_rotated_key() {
     // The old user is gone on site-b: the rotated Secret was what worked.
     // Put it back for the next run of this test on the same lab.
     csi_user(&lab.b, first_user);
-    ceph_admin(&lab.b, &["auth", "del", &format!("client.{rotated}")]);
+    lab.b
+        .ceph_ok(&["auth", "del", &format!("client.{rotated}")]);
 }
 
 #[tokio::test]

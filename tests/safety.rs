@@ -338,3 +338,25 @@ async fn no_key_reaches_a_log_an_argv_a_status_or_an_event() {
         }
     }
 }
+
+/// faults.md E4: the client every lab test's controller connects with (the
+/// lab's `client.rbdstep`, the README's least-privilege caps) may not read
+/// the cluster's keys: `ceph auth ls` is refused with EACCES on both sites.
+#[tokio::test]
+async fn the_least_privilege_client_is_refused_the_cluster_keys() {
+    let lab = lab();
+    for site in [&lab.a, &lab.b] {
+        let out = std::process::Command::new("ceph")
+            .arg("-c")
+            .arg(&site.conf)
+            .arg("--keyring")
+            .arg(&site.keyring)
+            .args(["--id", &site.user, "--connect-timeout", "15", "auth", "ls"])
+            .output()
+            .expect("ceph runs");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(13), "{}: {said}", site.name);
+        assert!(said.contains("EACCES"), "{}: {said}", site.name);
+        assert!(out.stdout.is_empty(), "{}: keys were listed", site.name);
+    }
+}

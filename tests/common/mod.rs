@@ -105,6 +105,24 @@ impl Site {
             .expect("rbd runs")
     }
 
+    /// `ceph` as the site's admin (test set-up only).
+    pub fn ceph_ok(&self, args: &[&str]) -> String {
+        let out = Command::new("ceph")
+            .arg("-c")
+            .arg(&self.admin_conf)
+            .args(["--connect-timeout", "15"])
+            .args(args)
+            .output()
+            .expect("ceph runs");
+        assert!(
+            out.status.success(),
+            "ceph {args:?} on {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     pub fn rbd_ok(&self, args: &[&str]) -> String {
         let out = self.rbd_admin(args);
         assert!(

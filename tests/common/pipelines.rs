@@ -45,13 +45,28 @@ pub async fn start_pipeline(
     params: Value,
     extra_spec: Value,
 ) {
+    let label = shared_controller(selector);
+    create_pipeline_run(&label, client, ns, pipeline, name, params, extra_spec).await;
+}
+
+/// A PipelineRun of `pipeline` whose custom tasks the controller of
+/// selector value `label` serves.
+pub async fn create_pipeline_run(
+    label: &str,
+    client: &kube::Client,
+    ns: &str,
+    pipeline: &str,
+    name: &str,
+    params: Value,
+    extra_spec: Value,
+) {
     let mut spec = json!({"pipelineRef": {"name": pipeline}, "params": params});
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
         s.extend(e.clone());
     }
     let pr: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "labels": {"rbdmirror.dev/test": shared_controller(selector)}},
+        "metadata": {"name": name, "labels": {"rbdmirror.dev/test": label}},
         "spec": spec,
     }))
     .unwrap();
@@ -59,6 +74,16 @@ pub async fn start_pipeline(
         .create(&PostParams::default(), &pr)
         .await
         .expect("create PipelineRun");
+}
+
+/// The `planned-failover` pipeline's params: `images` from site-a to site-b.
+pub fn planned_failover_params(images: &[String]) -> Value {
+    json!([
+        {"name": "pool", "value": super::lab().pool},
+        {"name": "images", "value": images},
+        {"name": "from-cluster", "value": "site-a"},
+        {"name": "to-cluster", "value": "site-b"},
+    ])
 }
 
 pub fn pr_condition(o: &DynamicObject) -> Option<(String, String, String)> {

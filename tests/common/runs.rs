@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -63,16 +64,27 @@ pub fn start_controller_under(
         }
         None => Command::new(bin),
     };
-    cmd.args(["run", "--exit-on-stdin-eof", "--label-selector", &selector])
-        .arg("--tmp-dir")
-        .arg(&tmp)
-        .env("KUBECONFIG", &lab.kubeconfig)
+    cmd.args(["run", "--exit-on-stdin-eof", "--label-selector", &selector]);
+    // A test that names its own tmp dir (several controllers sharing one).
+    if !extra_env.iter().any(|(k, _)| *k == "RBDSTEP_TMP_DIR") {
+        cmd.arg("--tmp-dir").arg(&tmp);
+    }
+    cmd.env("KUBECONFIG", &lab.kubeconfig)
         .env("RUST_LOG", "info,rbd_mirror_step=debug")
         .stdin(Stdio::piped())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
     for (k, v) in extra_env {
         cmd.env(k, v);
+        // The call log's ends are in this controller's log: say where.
+        if *k == "RBD_CALL_LOG" {
+            let mut reg = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(controllers_of(std::path::Path::new(v)))
+                .expect("call log registry");
+            writeln!(reg, "{}", log.display()).unwrap();
+        }
     }
     let child = cmd.spawn().expect("start the controller");
     ControllerProcess {
@@ -133,10 +145,22 @@ impl Logged {
             .count()
     }
 
-    /// Waits until a `command` call naming `needle` is in the log.
+    /// How many calls naming `needle` were `command` and succeeded (exit 0).
+    pub fn count_ok(&self, needle: &str, command: &str) -> usize {
+        call_log(&self.calls)
+            .iter()
+            .filter(|c| c.exit == Some(0) && c.args.contains(needle) && c.args.contains(command))
+            .count()
+    }
+
+    /// Waits until a `command` call naming `needle` has ended (its end is
+    /// in the controller's log): it has run, not just started.
     pub async fn wait_call(&self, needle: &str, command: &str, secs: u64) {
-        wait_for(secs, &format!("{command} of {needle} issued"), || async {
-            (self.count(needle, command) > 0).then_some(())
+        wait_for(secs, &format!("{command} of {needle} run"), || async {
+            rbd_calls(&self.calls)
+                .iter()
+                .any(|(_, end, a)| end.is_some() && a.contains(needle) && a.contains(command))
+                .then_some(())
         })
         .await
     }
@@ -158,6 +182,31 @@ pub fn shared_controller(selector_value: &str) -> String {
 
 pub fn customruns(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &Flavor::CustomRun.api_resource())
+}
+
+/// A labelled connection Secret for `site` as cephx user `user` with `key`.
+pub async fn connection_secret_user(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    site: &Site,
+    user: &str,
+    key: &str,
+) {
+    let conf = std::fs::read_to_string(&site.conf).unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"rbdmirror.dev/ceph-connection": "true"}},
+        "stringData": {
+            "ceph.conf": conf,
+            "keyring": format!("[client.{user}]\n\tkey = {key}\n"),
+            "userID": user,
+        },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create connection Secret");
 }
 
 /// A labelled connection Secret for `site`, from the lab's least-privilege client.
@@ -253,6 +302,15 @@ impl RunBuilder {
             custom_spec: None,
             selector: selector.into(),
         }
+    }
+
+    /// `action` on `cluster` (a Secret's name) for one image of the lab's pool.
+    pub fn one(selector: &str, action: &str, cluster: &str, image: &str) -> RunBuilder {
+        RunBuilder::new(selector)
+            .param("action", action)
+            .param("cluster", cluster)
+            .param("pool", lab().pool.as_str())
+            .param("images", json!([image]))
     }
 
     pub fn param(mut self, name: &str, value: impl Into<Value>) -> Self {
@@ -400,20 +458,94 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// benchmark that count and order the controller's commands.
 pub const RBD_TIMING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/rbd-timing");
 
-/// (start ns, end ns, arguments) of every call in an rbd-timing log.
-pub fn rbd_calls(log: &std::path::Path) -> Vec<(u128, u128, String)> {
+/// The file listing the logs of the controllers that write call log `calls`.
+fn controllers_of(calls: &std::path::Path) -> std::path::PathBuf {
+    let mut p = calls.as_os_str().to_owned();
+    p.push(".controllers");
+    p.into()
+}
+
+/// One call of an rbd-timing log. The start and the process id come from
+/// the call log, written as the call starts; the end and the exit status
+/// from the "rbd call ended" debug line of the same pid in the log of a
+/// controller that wrote this call log. No end: the call did not end under
+/// its controller (killed with it, or still running).
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub start: u128,
+    pub end: Option<u128>,
+    pub exit: Option<i32>,
+    pub args: String,
+}
+
+pub fn call_log(log: &std::path::Path) -> Vec<Call> {
+    let mut ends: BTreeMap<u32, Vec<(u128, i32)>> = BTreeMap::new();
+    let registry = std::fs::read_to_string(controllers_of(log)).unwrap_or_default();
+    for controller_log in registry.lines() {
+        let text = std::fs::read_to_string(controller_log).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("rbd call ended")) {
+            if let Some((pid, end, exit)) = call_end(line) {
+                ends.entry(pid).or_default().push((end, exit));
+            }
+        }
+    }
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
             let mut it = l.splitn(3, ' ');
-            Some((
-                it.next()?.parse().ok()?,
-                it.next()?.parse().ok()?,
-                it.next()?.to_string(),
-            ))
+            let start: u128 = it.next()?.parse().ok()?;
+            let pid: u32 = it.next()?.parse().ok()?;
+            let args = it.next()?.to_string();
+            let end = ends.get(&pid).and_then(|e| {
+                e.iter()
+                    .copied()
+                    .filter(|(end, _)| *end >= start)
+                    .min_by_key(|(end, _)| *end)
+            });
+            Some(Call {
+                start,
+                end: end.map(|e| e.0),
+                exit: end.map(|e| e.1),
+                args,
+            })
         })
         .collect()
+}
+
+/// (start ns, end ns, arguments) of every call in an rbd-timing log
+/// (`call_log`).
+pub fn rbd_calls(log: &std::path::Path) -> Vec<(u128, Option<u128>, String)> {
+    call_log(log)
+        .into_iter()
+        .map(|c| (c.start, c.end, c.args))
+        .collect()
+}
+
+/// (pid, time in ns, exit status) of a controller's "rbd call ended" line.
+fn call_end(line: &str) -> Option<(u32, u128, i32)> {
+    // The log is tracing's text format, with colours: drop the escapes.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let at: jiff::Timestamp = plain.split_whitespace().next()?.parse().ok()?;
+    let field = |name: &str| -> Option<String> {
+        let v = plain.split(&format!(" {name}=")).nth(1)?;
+        Some(
+            v.chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '-')
+                .collect(),
+        )
+    };
+    let pid = field("pid")?.parse().ok()?;
+    let exit = field("exit")?.parse().ok()?;
+    Some((pid, u128::try_from(at.as_nanosecond()).ok()?, exit))
 }
 
 /// Waits until the run records a mutation in flight (the claim written just
