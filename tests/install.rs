@@ -44,8 +44,16 @@ fn yaml_docs(path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The install namespace, the CRD and the RBAC, applied for real (idempotent).
+/// The install namespace, the CRD and the RBAC, applied for real, once per
+/// test binary: the tests run side by side, and two client-side applies
+/// of objects that do not exist yet race to create them (seen on a fresh
+/// lab: "AlreadyExists" from the second).
 fn install_rbac() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(apply_rbac);
+}
+
+fn apply_rbac() {
     let ns = kubectl(&["create", "namespace", NS]);
     assert!(ns.status.success() || String::from_utf8_lossy(&ns.stderr).contains("AlreadyExists"));
     kubectl_ok(&[
