@@ -689,21 +689,9 @@ async fn a_paused_leader_is_replaced_and_acts_no_more_when_it_wakes() {
     })
     .await;
     let _standby = replica("second");
-    let img = unique("leader");
-    mirrored_image(&lab.a, &lab.b, &lab.pool, &img).await;
     // A guarded promote on site-b while site-a is still primary: it waits.
-    RunBuilder::one(&selector, "promote", "site-b", &img)
-        .param("peerCluster", "site-a")
-        .timeout("10m")
-        .create(&client, &ns, "promote")
-        .await;
+    let img = waiting_promote(&client, &ns, &selector, "promote", "site-b", 0).await;
     let runs = customruns(&client, &ns);
-    wait_for(60, "the promote to wait for the demotion", || async {
-        let r = runs.get("promote").await.ok()?;
-        let (_, _, m) = condition(&r)?;
-        m.contains("waiting").then_some(())
-    })
-    .await;
 
     signal(leader.child.id(), "STOP");
     let paused_at = Instant::now();

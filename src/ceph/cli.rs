@@ -184,45 +184,43 @@ impl RbdCli {
         // many times a command ran and whether two overlapped.
         let pid = child.id();
         let started = std::time::Instant::now();
-        let waited =
-            tokio::time::timeout(deadline + Duration::from_secs(5), child.wait_with_output()).await;
-        let ms = started.elapsed().as_millis() as u64;
-        match &waited {
-            Ok(Ok(out)) => {
-                let exit = out.status.code().unwrap_or(-1);
-                tracing::debug!(pid, op = op.as_str(), target, exit, ms, "rbd call ended")
-            }
-            // A mutation past its deadline keeps running (never cut
-            // half-way): its end is not known here.
-            _ => tracing::debug!(pid, op = op.as_str(), target, ms, "rbd call not waited for"),
-        }
-        let out = match waited {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
-                return Err(err(
-                    RbdErrorKind::Other,
-                    None,
-                    format!("waiting for rbd: {e}"),
-                ));
-            }
-            Err(_) if op.mutates() => {
-                return Err(err(
-                    RbdErrorKind::OutcomeUnknown,
-                    None,
-                    format!(
-                        "still running after {}s: left to finish; its outcome is read again",
-                        deadline.as_secs()
-                    ),
-                ));
-            }
-            Err(_) => {
-                return Err(err(
-                    RbdErrorKind::Unavailable,
-                    None,
-                    format!("no answer within {}s", deadline.as_secs()),
-                ));
-            }
-        };
+        let out =
+            match tokio::time::timeout(deadline + Duration::from_secs(5), child.wait_with_output())
+                .await
+            {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => {
+                    return Err(err(
+                        RbdErrorKind::Other,
+                        None,
+                        format!("waiting for rbd: {e}"),
+                    ));
+                }
+                Err(_) if op.mutates() => {
+                    return Err(err(
+                        RbdErrorKind::OutcomeUnknown,
+                        None,
+                        format!(
+                            "still running after {}s: left to finish; its outcome is read again",
+                            deadline.as_secs()
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    return Err(err(
+                        RbdErrorKind::Unavailable,
+                        None,
+                        format!("no answer within {}s", deadline.as_secs()),
+                    ));
+                }
+            };
+        // A call not waited for (a mutation past its deadline keeps running,
+        // never cut half-way) has no end line: its end is not known here.
+        let (exit, ms) = (
+            out.status.code().unwrap_or(-1),
+            started.elapsed().as_millis() as u64,
+        );
+        tracing::debug!(pid, op = op.as_str(), target, exit, ms, "rbd call ended");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let accepted = &self.accepted;
         if out.status.success() {
@@ -230,8 +228,7 @@ impl RbdCli {
             return Ok(stdout);
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let code = out.status.code().unwrap_or(-1);
-        let kind = match classify(op, code, &stderr) {
+        let kind = match classify(op, exit, &stderr) {
             RbdErrorKind::PermissionDenied
                 if accepted.load(std::sync::atomic::Ordering::Relaxed) =>
             {
@@ -239,7 +236,7 @@ impl RbdCli {
             }
             kind => kind,
         };
-        Err(err(kind, Some(code), reason_line(&stderr)))
+        Err(err(kind, Some(exit), reason_line(&stderr)))
     }
 
     async fn json<T: DeserializeOwned>(
