@@ -13,12 +13,14 @@ FAULTS_CI_ROWS=(A1 A3 A5 A6 B2 C1 C2 C3a C4 D2 D4 D5 D6 E1)
 # lab faults --ci [N]: the CI rows N times in a row (default 3), stopping at
 # the first failure; FAULTS-CI.md holds the last run and every run's line.
 cmd_faults_ci() {
-  local n=${1:-3} i rc=0 t0 runs=() out=$REPO/FAULTS-CI.md
-  for ((i = 1; i <= n; i++)); do
-    log "CI subset of the fault matrix: run $i of $n"
+  # (Not "n": `lab up` loops over the sites with a global n, which bash's
+  # dynamic scoping would make this function's.)
+  local runs_wanted=${1:-3} i rc=0 t0 runs=() out=$REPO/FAULTS-CI.md
+  for ((i = 1; i <= runs_wanted; i++)); do
+    log "CI subset of the fault matrix: run $i of $runs_wanted"
     t0=$SECONDS
     rc=0
-    FAULTS_OUT=$out FAULTS_CMD="faults --ci $n" cmd_faults "${FAULTS_CI_ROWS[@]}" || rc=$?
+    FAULTS_OUT=$out FAULTS_CMD="faults --ci $runs_wanted" cmd_faults "${FAULTS_CI_ROWS[@]}" || rc=$?
     runs+=("| $i | $(date -u '+%Y-%m-%d %H:%M:%S') | $( ((rc == 0)) && echo pass || echo '**FAIL**') | $(fmt_secs $((SECONDS - t0))) |")
     ((rc == 0)) || break
   done
