@@ -5,7 +5,8 @@
 //!
 //! Three things are redacted: every key of a Secret this process has read
 //! (whatever its shape: a malformed key is exactly what gets echoed), every
-//! token shaped like a cephx key (base64, 40 characters, `AQ…==`), and the
+//! token shaped like a cephx key (base64: `AQ…==` in 40 characters, or
+//! Tentacle's AES-256 `Ag…=` in 60), and the
 //! rest of any `key = …` line (a keyring line).
 
 use std::borrow::Cow;
@@ -79,17 +80,27 @@ fn is_b64(b: u8) -> bool {
 }
 
 /// Length of a cephx-key-shaped token starting at `i`, if there is one.
+///
+/// A key is base64 of a 2-byte little-endian type, 8 bytes of creation time,
+/// a 2-byte length and the secret: type 1 (AES, every release) is `AQ…==`
+/// in 40 characters, type 2 (AES-256, the default of clusters made by Ceph
+/// 20.2 Tentacle) is `Ag…=` in 60. An older `rbd` that cannot parse a
+/// Tentacle key echoes it whole in its error ("Malformed input").
 fn key_token_at(bytes: &[u8], i: usize) -> Option<usize> {
-    const LEN: usize = 40;
-    if i > 0 && (is_b64(bytes[i - 1]) || bytes[i - 1] == b'=') {
+    // After `=` is a start: rbd prints `val=<key>`.
+    if i > 0 && is_b64(bytes[i - 1]) {
         return None;
     }
-    let tok = bytes.get(i..i + LEN)?;
-    let shaped = tok.starts_with(b"AQ")
-        && tok.ends_with(b"==")
-        && tok[..LEN - 2].iter().copied().all(is_b64);
-    let ends = bytes.get(i + LEN).is_none_or(|&b| !is_b64(b) && b != b'=');
-    (shaped && ends).then_some(LEN)
+    let (len, pad) = match bytes.get(i..i + 2)? {
+        b"AQ" => (40, 2),
+        b"Ag" => (60, 1),
+        _ => return None,
+    };
+    let tok = bytes.get(i..i + len)?;
+    let shaped =
+        tok[..len - pad].iter().copied().all(is_b64) && tok[len - pad..].iter().all(|&b| b == b'=');
+    let ends = bytes.get(i + len).is_none_or(|&b| !is_b64(b) && b != b'=');
+    (shaped && ends).then_some(len)
 }
 
 /// Finds the start of a `key = ` in `line` at a word start, and where its value starts.
@@ -121,13 +132,14 @@ pub fn text(text: &str) -> Cow<'_, str> {
             }
         }
     }
-    if out.contains("AQ") {
+    if out.contains("AQ") || out.contains("Ag") {
         let bytes = out.as_bytes();
         let mut r = String::with_capacity(out.len());
         let mut i = 0;
         let mut last = 0;
         let mut changed = false;
-        while let Some(p) = out[i..].find("AQ") {
+        // Every 'A' that may start a key: both shapes begin with it.
+        while let Some(p) = out[i..].find('A') {
             let at = i + p;
             match key_token_at(bytes, at) {
                 Some(len) => {
@@ -137,7 +149,7 @@ pub fn text(text: &str) -> Cow<'_, str> {
                     i = last;
                     changed = true;
                 }
-                None => i = at + 2,
+                None => i = at + 1,
             }
         }
         if changed {
@@ -215,6 +227,28 @@ mod tests {
         assert_eq!(text(&longer), longer);
         let no_pad = &KEY[..38];
         assert_eq!(text(no_pad), no_pad);
+    }
+
+    /// Tentacle (20.2) makes AES-256 keys (type 2); an older rbd handed one
+    /// prints it in full. The line is the one Pacific's rbd printed in the lab.
+    #[test]
+    fn tentacle_aes256_keys_are_redacted_where_an_old_rbd_echoes_them() {
+        const KEY256: &str = "AgAAAQIDBAUGByAAZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM=";
+        assert_eq!(KEY256.len(), 60);
+        let stderr = format!(
+            "auth: error parsing file /tmp/k: error setting modifier for [client.rbdstep] type=key val={KEY256}: Malformed input"
+        );
+        assert_eq!(
+            text(&stderr),
+            "auth: error parsing file /tmp/k: error setting modifier for [client.rbdstep] type=key val=[redacted]: Malformed input"
+        );
+        // Not the shape: one character short, or inside a longer run.
+        let short = &KEY256[1..];
+        assert_eq!(text(short), short);
+        let longer = format!("{KEY256}A");
+        assert_eq!(text(&longer), longer);
+        // Both kinds in one text.
+        assert_eq!(text(&format!("{KEY} {KEY256}")), "[redacted] [redacted]");
     }
 
     #[test]
