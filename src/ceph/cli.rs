@@ -236,7 +236,14 @@ impl RbdCli {
             }
             kind => kind,
         };
-        Err(err(kind, Some(exit), reason_line(&stderr)))
+        let detail = match kind {
+            // Its stderr line holds the key: say what it means instead.
+            RbdErrorKind::KeyUnreadable => {
+                "this rbd cannot parse the key (\"Malformed input\")".into()
+            }
+            _ => reason_line(&stderr),
+        };
+        Err(err(kind, Some(exit), detail))
     }
 
     async fn json<T: DeserializeOwned>(

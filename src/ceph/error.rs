@@ -72,6 +72,10 @@ pub enum RbdErrorKind {
     /// cephx refused a client it had accepted earlier through the same
     /// connection: its key was revoked or rotated meanwhile.
     KeyRejected,
+    /// `rbd` could not parse the key it was given: an AES-256 key (what a
+    /// cluster made by Ceph 20.2 Tentacle gives) read by an rbd older than
+    /// 20.2.4 / 19.2.6, which prints "Malformed input" and cannot connect.
+    KeyUnreadable,
     /// The `rbd` program could not be started.
     NoBinary,
     /// Output that could not be parsed.
@@ -152,6 +156,9 @@ pub fn reason_line(stderr: &str) -> String {
 pub fn classify(op: Op, exit: i32, stderr: &str) -> RbdErrorKind {
     let has = |s: &str| stderr.contains(s);
     match exit {
+        // Before the exit codes: rbd exits 5 (EIO) for the keyring, 22 for a key
+        // given in a bootstrap token. The key itself is on that line: never kept.
+        _ if has("Malformed input") || has("failed to decode key") => RbdErrorKind::KeyUnreadable,
         ENOENT => RbdErrorKind::NotFound,
         EBUSY if op == Op::Promote => RbdErrorKind::NotYetPropagated,
         EINVAL if has("image is already primary") => RbdErrorKind::AlreadyPrimary,
@@ -178,6 +185,26 @@ pub fn classify(op: Op, exit: i32, stderr: &str) -> RbdErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pacific's rbd given a key made by Tentacle (lab, 2026-12-01; the key
+    /// here is a made-up one of the same shape).
+    #[test]
+    fn a_key_this_rbd_cannot_parse_is_key_unreadable_whatever_the_exit() {
+        let stderr = "2026-12-01T01:52:35.875+0000 7f7838293380 -1 auth: error parsing file /tmp/k/keyring: error setting modifier for [client.rbdstep] type=key val=AgAAAQIDBAUGByAAZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM=: Malformed input
+2026-12-01T01:52:35.875+0000 7f7838293380 -1 auth: failed to load /tmp/k/keyring: (5) Input/output error
+2026-12-01T01:52:35.875+0000 7f7838293380 -1 monclient: keyring not found
+rbd: couldn't connect to the cluster!
+";
+        assert_eq!(classify(Op::Info, 5, stderr), RbdErrorKind::KeyUnreadable);
+        assert_eq!(
+            classify(Op::Promote, 22, stderr),
+            RbdErrorKind::KeyUnreadable
+        );
+        assert_eq!(
+            classify(Op::Info, 5, "rbd: couldn't connect to the cluster!"),
+            RbdErrorKind::Other
+        );
+    }
 
     // Real stderr, from the lab (Ceph 16.2.15) and ../shared/ceph-lab.md.
     const PROMOTE_EBUSY: &str = "2026-11-27T11:33:07.861+0000 7f868af186c0 -1 librbd::mirror::PromoteRequest: 0x7f866c0124f0 handle_get_info: image is primary within a remote cluster or demotion is not propagated yet\nrbd: error promoting image to primary\n2026-11-27T11:33:07.861+0000 7f868e28f380 -1 librbd::api::Mirror: image_promote: failed to promote image\n";

@@ -37,6 +37,15 @@ pub fn ceph_failure(e: &RbdError, site: &str) -> Failure {
                  revoked or rotated. The next attempt (retries) reads the Secret again; update it with the current key"
             ),
         ),
+        RbdErrorKind::KeyUnreadable => Failure::new(
+            Reason::InvalidSecret,
+            format!(
+                "the rbd beside the controller cannot read the key of Secret {site:?} ({e}): a cluster made by Ceph 20.2 \
+                 (Tentacle) gives AES-256 keys, which rbd before 20.2.4 (19.2.6 on Squid) cannot parse. Run the \
+                 controller with a ceph-common at least that new (this project's image ships 20.2), or give this \
+                 client an AES key (ceph auth get-or-create ... --key-type aes, with aes in the cluster's auth_allowed_ciphers)"
+            ),
+        ),
         RbdErrorKind::NoBinary => Failure::new(
             Reason::CephError,
             format!("{e}: install ceph-common (the rbd CLI) beside the controller"),
