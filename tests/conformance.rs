@@ -153,7 +153,7 @@ fn lab_site(s: Site) -> &'static common::Site {
 /// `rbd` as the site's admin, bounded like `common::Site::rbd_admin` (a
 /// frozen site must fail a call, not hang the test).
 async fn rbd(site: Site, args: &[&str]) -> Output {
-    Command::new("rbd")
+    Command::new(&lab_site(site).rbd)
         .arg("-c")
         .arg(&lab_site(site).admin_conf)
         .args([
@@ -442,7 +442,7 @@ impl World {
             self.note(format!("lock on {img} at {} released", site.name()));
             return;
         }
-        let child = Command::new("rbd")
+        let child = Command::new(&lab_site(site).rbd)
             .arg("-c")
             .arg(&lab_site(site).admin_conf)
             .args([

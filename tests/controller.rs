@@ -798,7 +798,7 @@ async fn demote_refuses_an_image_in_use_unless_forced() {
     let key = format!("{}/{img}", lab.pool);
     // A client writing to the image holds its exclusive lock: the lab's
     // model of a mounted volume.
-    let mut writer = std::process::Command::new("rbd")
+    let mut writer = std::process::Command::new(&lab.a.rbd)
         .arg("-c")
         .arg(&lab.a.admin_conf)
         .args([

@@ -235,9 +235,12 @@ async fn binary_runs_with_the_deployment_arguments_as_its_service_account() {
         cmd.env(k, v);
     }
     // Differences from the pod, each forced by the lab: the emptyDir's path,
-    // the kubeconfig in place of the in-cluster token, and a label selector
-    // so that this controller only takes this test's runs.
+    // the kubeconfig in place of the in-cluster token, a label selector so
+    // that this controller only takes this test's runs, and the lab's client
+    // (`LAB_CLIENT`'s rbd and ceph) where the image has its own on PATH.
     cmd.env("RBDSTEP_TMP_DIR", &emptydir)
+        .env("RBD_BINARY", common::client_rbd())
+        .env("CEPH_BINARY", common::client_ceph())
         .env("KUBECONFIG", &kubeconfig)
         .env(
             "RBDSTEP_LABEL_SELECTOR",

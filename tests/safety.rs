@@ -256,7 +256,7 @@ async fn no_key_reaches_a_log_an_argv_a_status_or_an_event() {
         format!("[client.{}]\n\tkey = {bad_key}\n", lab.a.user),
     )
     .unwrap();
-    let echo = std::process::Command::new("rbd")
+    let echo = std::process::Command::new(common::client_rbd())
         .arg("-c")
         .arg(dir.join("ceph.conf"))
         .arg("--keyring")
@@ -346,7 +346,7 @@ async fn no_key_reaches_a_log_an_argv_a_status_or_an_event() {
 async fn the_least_privilege_client_is_refused_the_cluster_keys() {
     let lab = lab();
     for site in [&lab.a, &lab.b] {
-        let out = std::process::Command::new("ceph")
+        let out = std::process::Command::new(common::client_ceph())
             .arg("-c")
             .arg(&site.conf)
             .arg("--keyring")

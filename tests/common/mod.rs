@@ -21,6 +21,9 @@ pub struct Site {
     pub keyring: PathBuf,
     pub user: String,
     pub admin_conf: PathBuf,
+    /// The site's own `rbd` and `ceph` (its Ceph release's), for its admin.
+    pub rbd: PathBuf,
+    pub ceph: PathBuf,
 }
 
 pub struct Lab {
@@ -47,6 +50,8 @@ fn site(name: &'static str, key: &str) -> Site {
         keyring: var(&format!("LAB_SITE_{key}_KEYRING")).into(),
         user: var(&format!("LAB_SITE_{key}_USER")),
         admin_conf: var(&format!("LAB_SITE_{key}_ADMIN_CONF")).into(),
+        rbd: var(&format!("LAB_SITE_{key}_RBD")).into(),
+        ceph: var(&format!("LAB_SITE_{key}_CEPH")).into(),
     }
 }
 
@@ -69,6 +74,16 @@ pub fn lab() -> &'static Lab {
     })
 }
 
+/// The `rbd` the lab's controllers run (`LAB_CLIENT`'s release).
+pub fn client_rbd() -> PathBuf {
+    var("LAB_RBD").into()
+}
+
+/// The `ceph` of the same release (the controller reads fsids with it).
+pub fn client_ceph() -> PathBuf {
+    var("CEPH_BINARY").into()
+}
+
 pub async fn client() -> Client {
     let lab = lab();
     let kc = Kubeconfig::read_from(&lab.kubeconfig).expect("lab kubeconfig");
@@ -89,7 +104,7 @@ impl Site {
     /// is still thawing would otherwise hang the call and with it the test's
     /// own deadline.
     pub fn rbd_admin(&self, args: &[&str]) -> std::process::Output {
-        Command::new("rbd")
+        Command::new(&self.rbd)
             .arg("-c")
             .arg(&self.admin_conf)
             .args([
@@ -107,7 +122,7 @@ impl Site {
 
     /// `ceph` as the site's admin (test set-up only).
     pub fn ceph_ok(&self, args: &[&str]) -> String {
-        let out = Command::new("ceph")
+        let out = Command::new(&self.ceph)
             .arg("-c")
             .arg(&self.admin_conf)
             .args(["--connect-timeout", "15"])

@@ -138,6 +138,44 @@ build_tkn() {
     mv "$d/bin/tkn.tmp" "$d/bin/tkn" )
 }
 
+# The root file system of a Ceph release other than the host's, for the
+# sites that run it: debootstrap minbase, then Ceph's daemons and CLI from
+# the release's suite. Built into <dir>.partial and moved into place only
+# once its `ceph --version` is the pinned one.
+build_rootfs() {
+  local rel=$1 R=${1^^} suite script version d
+  suite=CEPH_${R}_SUITE script=CEPH_${R}_SCRIPT version=CEPH_${R}_VERSION
+  [[ -n ${!suite:-} ]] || { echo "no Ceph release '$rel' (known: pacific, reef, tentacle)" >&2; exit 2; }
+  suite=${!suite} script=${!script} version=${!version}
+  d="$LAB_CACHE/rootfs-$rel-$version"
+  [[ -x $d/usr/bin/ceph-mon ]] && return 0
+  log "building the $rel root file system (Debian $suite, Ceph $version): about 2 minutes, 700 MB"
+  local p=$d.partial t0=$SECONDS
+  if mountpoint -q "$p/proc"; then umount "$p/proc"; fi
+  rm -rf "$p"
+  debootstrap --variant=minbase "$suite" "$p" http://deb.debian.org/debian \
+    "/usr/share/debootstrap/scripts/$script" >"$LAB_CACHE/rootfs-$rel.log" 2>&1 ||
+    { tail -5 "$LAB_CACHE/rootfs-$rel.log" >&2; echo "debootstrap of $suite failed (log: $LAB_CACHE/rootfs-$rel.log)" >&2; exit 1; }
+  mount -t proc proc "$p/proc"
+  local rc=0
+  # SYSTEMD_OFFLINE: tentacle's ceph-mon postinst calls systemctl, which refuses to
+  # run in a chroot unless told to act offline.
+  chroot "$p" env DEBIAN_FRONTEND=noninteractive SYSTEMD_OFFLINE=1 apt-get install -y --no-install-recommends \
+    ceph-mon ceph-osd ceph-mgr rbd-mirror ceph-common >>"$LAB_CACHE/rootfs-$rel.log" 2>&1 || rc=$?
+  chroot "$p" apt-get clean >/dev/null 2>&1 || true
+  umount "$p/proc"
+  ((rc == 0)) || { tail -5 "$LAB_CACHE/rootfs-$rel.log" >&2; echo "installing Ceph into the $rel root failed" >&2; exit 1; }
+  local got
+  got=$(chroot "$p" ceph --version | awk '{print $3}')
+  if [[ $got != "$version"* ]]; then
+    echo "Debian $suite now serves Ceph $got, not the pinned $version (the archive keeps only the current" >&2
+    echo "version): test with it, then set CEPH_${R}_VERSION=$got in tests/lab/versions.env" >&2
+    exit 1
+  fi
+  mv "$p" "$d"
+  log "$rel root file system: Ceph $got, $(du -sh --exclude=proc "$d" | cut -f1), $((SECONDS - t0)) s"
+}
+
 what=${1:-all}
 case $what in
   etcd) build_etcd ;;
@@ -148,6 +186,12 @@ case $what in
   tkn) build_tkn ;;
   all)
     build_etcd; build_kube; build_kcm; build_tekton; build_tekton_legacy_crds; build_tkn
+    # Only the releases the sites and the client run (LAB_CEPH_A/B, LAB_CLIENT).
+    for rel in ${LAB_CEPH_A:-pacific} ${LAB_CEPH_B:-pacific} ${LAB_CLIENT:-pacific}; do
+      rel=${rel%-upgraded}
+      [[ $rel == pacific ]] || build_rootfs "$rel"
+    done
     log "all lab binaries are in $LAB_CACHE" ;;
-  *) echo "usage: build.sh [all|etcd|kube|kcm|tekton|legacy|tkn]" >&2; exit 2 ;;
+  rootfs) build_rootfs "${2:?usage: build.sh rootfs reef|tentacle}" ;;
+  *) echo "usage: build.sh [all|etcd|kube|kcm|tekton|legacy|tkn|rootfs <release>]" >&2; exit 2 ;;
 esac

@@ -5,7 +5,9 @@
 controller_up() {
   (cd "$REPO" && cargo build --quiet --locked) || die "cargo build failed"
   mkdir -p "$LAB_DIR/controller-tmp/demo"
+  # The lab's client (LAB_CLIENT), as `lab env` gives it to the tests.
   KUBECONFIG=$LAB_DIR/kube/kubeconfig RUST_LOG=info \
+    RBD_BINARY=$LAB_DIR/client/bin/rbd CEPH_BINARY=$LAB_DIR/client/bin/ceph \
     start_daemon rbd-mirror-step-controller "$LAB_DIR" "$REPO/target/debug/rbd-mirror-step" run \
     --tmp-dir "$LAB_DIR/controller-tmp/demo" --health-addr 127.0.0.1:18081 \
     --label-selector '!rbdmirror.dev/test'   # the test suite's runs have controllers of their own
@@ -21,7 +23,7 @@ demo_secret() {
 }
 
 demo_replaying() {
-  [[ $(rbd -c "$1" mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state) == up+replaying ]]
+  [[ $("$(site_tool "$1" rbd)" -c "$(cconf "$1")" mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state) == up+replaying ]]
 }
 
 demo_done() {
@@ -32,8 +34,8 @@ demo_done() {
 
 demo_role() {
   local role st
-  role=$(rbd -c "$1" info "$POOL/$2" --format json 2>/dev/null | jq -r 'if .mirroring.primary then "primary" else "non-primary" end')
-  st=$(rbd -c "$1" mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state)
+  role=$("$(site_tool "$1" rbd)" -c "$(cconf "$1")" info "$POOL/$2" --format json 2>/dev/null | jq -r 'if .mirroring.primary then "primary" else "non-primary" end')
+  st=$("$(site_tool "$1" rbd)" -c "$(cconf "$1")" mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state)
   echo "$role $st"
 }
 
@@ -56,9 +58,8 @@ EOF
 cmd_demo() {
   cmd_up
   controller_up
-  local ts ns imgs=() A B list
+  local ts ns imgs=() list
   ts=$(date +%s); ns=demo-$ts
-  A=$(cconf a); B=$(cconf b)
   log "namespace $ns: Secrets site-a and site-b, the Role its runs need, the pipelines of tekton/"
   kctl create namespace "$ns" >/dev/null
   demo_secret "$ns" site-a; demo_secret "$ns" site-b
@@ -69,12 +70,12 @@ cmd_demo() {
   log "three snapshot-mirrored images with data on site-a"
   for i in 1 2 3; do
     imgs+=("demo-$ts-$i")
-    rbd -c "$A" create --size 32M "$POOL/demo-$ts-$i"
-    rbd -c "$A" bench --io-type write --io-size 64K --io-total 4M "$POOL/demo-$ts-$i" >/dev/null
-    rbd -c "$A" mirror image enable "$POOL/demo-$ts-$i" snapshot >/dev/null
+    on_site a rbd create --size 32M "$POOL/demo-$ts-$i"
+    on_site a rbd bench --io-type write --io-size 64K --io-total 4M "$POOL/demo-$ts-$i" >/dev/null
+    on_site a rbd mirror image enable "$POOL/demo-$ts-$i" snapshot >/dev/null
   done
   for img in "${imgs[@]}"; do
-    wait_for 120 "$img replaying on site-b" demo_replaying "$B" "$img"
+    wait_for 120 "$img replaying on site-b" demo_replaying b "$img"
   done
   list=$(IFS=,; echo "${imgs[*]}")
   log "planned-failover site-a -> site-b"
@@ -99,7 +100,7 @@ cmd_demo() {
   echo
   printf '%-32s %-26s %s\n' IMAGE SITE-A SITE-B
   for img in "${imgs[@]}"; do
-    printf '%-32s %-26s %s\n' "$POOL/$img" "$(demo_role "$A" "$img")" "$(demo_role "$B" "$img")"
+    printf '%-32s %-26s %s\n' "$POOL/$img" "$(demo_role a "$img")" "$(demo_role b "$img")"
   done
   echo
   echo "Pipeline results:  kubectl --kubeconfig $LAB_DIR/kube/kubeconfig -n $ns get pipelinerun failover -o jsonpath='{.status.results}'"
