@@ -12,3 +12,6 @@ pub mod rook;
 pub use cli::{Ceph, RbdCli};
 pub use error::{Op, RbdError, RbdErrorKind};
 pub use image::ImageSpec;
+
+#[cfg(test)]
+mod captured;

@@ -1,7 +1,10 @@
 //! Typed views of `rbd ... --format json` output. Every field that some
 //! release lacks is optional, and key names that changed between releases
-//! are accepted under each name (Pacific said `master_position`, later
-//! releases `primary_position`), so one parser serves Pacific through Squid.
+//! are accepted under each name (Octopus and older said `master_position`,
+//! Pacific on `primary_position`), so one parser serves every release.
+//! `captured.rs` checks it against what Pacific, Reef and Tentacle printed
+//! on the lab (tests/fixtures/ceph); the older names come from Ceph's
+//! source, never from a capture.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -276,7 +279,8 @@ mod tests {
     const INFO_NON_PRIMARY: &str = r#"{"name":"t1","id":"102e1d5d33fc","size":67108864,"objects":16,"order":22,"object_size":4194304,"snapshot_count":1,"block_name_prefix":"rbd_data.102e1d5d33fc","format":2,"features":["layering","exclusive-lock","object-map","fast-diff","deep-flatten","non-primary"],"op_features":[],"flags":[],"create_timestamp":"Fri Nov 27 12:16:24 2026","mirroring":{"mode":"snapshot","state":"enabled","global_id":"e841e362-b6e1-4b93-acc3-201dfa822dd5","primary":false}}"#;
     const STATUS_REPLAYING_SNAPSHOT: &str = r#"{"name":"t1","global_id":"e841e362","state":"up+replaying","description":"replaying, {\"bytes_per_second\":0.0,\"bytes_per_snapshot\":0.0,\"last_snapshot_bytes\":0,\"last_snapshot_sync_seconds\":0,\"local_snapshot_timestamp\":1795781940,\"remote_snapshot_timestamp\":1795781940,\"replay_state\":\"idle\"}","last_update":"2026-11-27 12:19:15","peer_sites":[{"site_name":"site-a","mirror_uuids":"f41bb7c6","state":"up+stopped","description":"local image is primary","last_update":"2026-11-27 12:19:14"}]}"#;
     const STATUS_REPLAYING_JOURNAL: &str = r#"{"name":"jimg","global_id":"8499f2ed","state":"up+replaying","description":"replaying, {\"bytes_per_second\":35.0,\"entries_behind_primary\":0,\"entries_per_second\":0.4,\"non_primary_position\":{\"entry_tid\":3,\"object_number\":3,\"tag_tid\":1},\"primary_position\":{\"entry_tid\":3,\"object_number\":3,\"tag_tid\":1}}","last_update":"2026-11-27 11:33:01","peer_sites":[]}"#;
-    // Nautilus/Octopus key names.
+    // Nautilus/Octopus key names: written from Ceph's source (src/tools/rbd_mirror
+    // of those releases), not captured; the lab runs no release older than Pacific.
     const STATUS_REPLAYING_JOURNAL_OLD: &str = r#"{"name":"jimg","global_id":"x","state":"up+replaying","description":"replaying, master_position=[object_number=3, tag_tid=1, entry_tid=3], mirror_position=[object_number=3, tag_tid=1, entry_tid=3], entries_behind_master=0","last_update":"","remote_statuses":[]}"#;
     const STATUS_OLD_JSON: &str = r#"{"name":"jimg","global_id":"x","state":"up+replaying","description":"replaying, {\"entries_behind_master\":2,\"master_position\":{\"entry_tid\":5},\"mirror_position\":{\"entry_tid\":3}}"}"#;
     const SNAPS_DEMOTED: &str = r#"[{"id":9,"name":".mirror.non_primary.e841e362.c2f7980f","size":67108864,"protected":"false","timestamp":"Fri Nov 27 12:19:25 2026","namespace":{"type":"mirror","state":"demoted","mirror_peer_uuids":["0d809ec8"],"complete":true,"primary_mirror_uuid":"f41bb7c6","primary_snap_id":8,"last_copied_object_number":16}}]"#;
