@@ -35,6 +35,17 @@ cap_demotion_arrived() {
     jq -e 'any(.[]; .namespace.type == "mirror" and .namespace.state == "demoted" and .namespace.complete == true and (.name | startswith(".mirror.non_primary")))' >/dev/null
 }
 
+# cap_remove <image...>: gone from both sites, whatever their state.
+cap_remove() {
+  local f n
+  for f in "$@"; do
+    for n in a b; do
+      cap_rbd "$n" mirror image disable --force "$POOL/$f" >/dev/null 2>&1 || true
+      cap_rbd "$n" rm --no-progress "$POOL/$f" >/dev/null 2>&1 || true
+    done
+  done
+}
+
 cap_locked() { [[ $(cap_rbd "$1" lock ls "$POOL/$2" --format json 2>/dev/null | jq length) -ge 1 ]]; }
 
 cap_description_has() {
@@ -45,18 +56,13 @@ cap_description_has() {
 # outputs the controller parses and the errors it classifies, each as the
 # site's own rbd prints it. Names are fixed (the fixtures' tests read them).
 cmd_capture() {
-  local dir=${1:-} a=a b=b S=cap-snap J=cap-jrnl K=cap-sb f
+  local dir=${1:-} S=cap-snap J=cap-jrnl K=cap-sb f
   [[ -n $dir ]] || die "usage: lab capture <dir>"
   [[ -f $LAB_DIR/env ]] || die "the lab is not up (run: tests/lab/lab up)"
   CAP_OUT=$dir
   rm -rf "$CAP_OUT"; mkdir -p "$CAP_OUT"
   log "capturing site-a ($(site_release a)) and site-b ($(site_release b)) into $CAP_OUT"
-  for f in $S $J $K; do
-    for n in a b; do
-      cap_rbd "$n" mirror image disable --force "$POOL/$f" >/dev/null 2>&1 || true
-      cap_rbd "$n" rm --no-progress "$POOL/$f" >/dev/null 2>&1 || true
-    done
-  done
+  cap_remove "$S" "$J" "$K"
   cap_rbd a create --size 16M "$POOL/$S"
   cap_rbd a create --size 16M "$POOL/$J"
   cap_rbd a create --size 16M "$POOL/$K"
@@ -140,12 +146,7 @@ cmd_capture() {
   wait_for 120 "split-brain of $K on site-a" cap_description_has a "$K" split-brain
   cap status-split-brain a mirror image status "$POOL/$K" --format json
 
-  for f in $S $J $K; do
-    for n in a b; do
-      cap_rbd "$n" mirror image disable --force "$POOL/$f" >/dev/null 2>&1 || true
-      cap_rbd "$n" rm --no-progress "$POOL/$f" >/dev/null 2>&1 || true
-    done
-  done
+  cap_remove "$S" "$J" "$K"
   on_site a ceph auth del client.capture-noaccess >/dev/null 2>&1 || true
   rm -f "$LAB_DIR/ceph/a/noaccess.keyring"
   # No key may reach the repository, in either cephx shape.
