@@ -94,8 +94,14 @@ mk_tools() {
 # site_tool <site> <program>: a command line tool of the site's release
 # (the site's admin uses its own cluster's tools).
 site_tool() { echo "$LAB_DIR/ceph/bin-$1/$2"; }
-# on_site <site> <program> <args...>: that tool, as the site's admin.
-on_site() { local n=$1 prog=$2; shift 2; "$(site_tool "$n" "$prog")" -c "$(cconf "$n")" "$@"; }
+# on_site_within <seconds> <site> <program> <args...>: that tool, as the
+# site's admin, killed after <seconds> (a frozen or half-started site must
+# fail a call, not hang the lab). on_site: the same within a minute.
+on_site_within() {
+  local secs=$1 n=$2 prog=$3; shift 3
+  timeout "$secs" "$(site_tool "$n" "$prog")" -c "$(cconf "$n")" "$@"
+}
+on_site() { on_site_within 60 "$@"; }
 
 # prepare_site <site>: an empty site directory at $LAB_DIR/ceph/<site>, and
 # the site's tools. A site on another release keeps its directory inside
@@ -186,7 +192,9 @@ site_failed() {
 }
 
 # Ceph echoes a key it cannot parse ("Malformed input"): none reaches a terminal.
-redact_keys() { sed -E 's/(AQ[A-Za-z0-9+\/]{38}==|Ag[A-Za-z0-9+\/]{57}=)/[key]/g'; }
+# Both cephx key shapes (AES, and Tentacle's AES-256), as an extended regex.
+KEY_RE='AQ[A-Za-z0-9+/]{36}==|Ag[A-Za-z0-9+/]{57}='
+redact_keys() { sed -E "s#($KEY_RE)#[key]#g"; }
 
 release_version() {
   local v base
@@ -291,7 +299,7 @@ EOF
   "$(ceph_bin "$n" ceph-mon)" -c "$C" --mkfs -i "$n" --monmap "$b/monmap" --keyring "$b/mon.keyring" 2>>"$LOGS/ceph-$n-mkfs.log" ||
     site_failed "$n" mon "its mon --mkfs failed"
   start_ceph "$n" mon
-  wait_for_site "$n" mon 30 "its mon to answer" timeout 5 "$(site_tool "$n" ceph)" -c "$C" mon stat
+  wait_for_site "$n" mon 30 "its mon to answer" on_site_within 5 "$n" ceph mon stat
   if [[ $(site_release "$n") == tentacle-upgraded ]]; then
     # What Ceph's upgrade notes advise while older clients remain: the
     # insecure-key checks muted (two of them are HEALTH_ERR).
@@ -314,11 +322,11 @@ EOF
   start_ceph "$n" osd
   wait_for_site "$n" osd 60 "its OSD to be up" osd_up "$n"
   on_site "$n" ceph osd pool create "$POOL" 8 8 >/dev/null 2>&1
-  timeout 60 "$(site_tool "$n" rbd)" -c "$C" pool init "$POOL"
+  on_site "$n" rbd pool init "$POOL"
   touch "$b/created"
 }
 
-osd_up() { [[ $(timeout 10 "$(site_tool "$1" ceph)" -c "$(cconf "$1")" osd stat -f json 2>/dev/null | jq -r .num_up_osds) == 1 ]]; }
+osd_up() { [[ $(on_site_within 10 "$1" ceph osd stat -f json 2>/dev/null | jq -r .num_up_osds) == 1 ]]; }
 
 # Least-privilege client for the controller and tests: every mirror image
 # operation on the pool, nothing else (no pool create/delete, no auth).
@@ -373,7 +381,7 @@ mirror_ok() {
   local h
   # daemon_health: both daemons report to the mgr. (summary.health also
   # counts images, which tests leave in every state on purpose.)
-  h=$(timeout 10 "$(site_tool "$1" rbd)" -c "$(cconf "$1")" mirror pool status "$POOL" --format json 2>/dev/null | jq -r .summary.daemon_health)
+  h=$(on_site_within 10 "$1" rbd mirror pool status "$POOL" --format json 2>/dev/null | jq -r .summary.daemon_health)
   [[ $h == OK ]]
 }
 
@@ -398,7 +406,7 @@ ceph_up() {
 
 ceph_health_ok() {
   local h
-  h=$(timeout 10 "$(site_tool "$1" ceph)" -c "$(cconf "$1")" health -f json | jq -r .status)
+  h=$(on_site_within 10 "$1" ceph health -f json | jq -r .status)
   [[ $h == HEALTH_OK || $h == HEALTH_WARN ]]
 }
 

@@ -23,7 +23,7 @@ demo_secret() {
 }
 
 demo_replaying() {
-  [[ $("$(site_tool "$1" rbd)" -c "$(cconf "$1")" mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state) == up+replaying ]]
+  [[ $(on_site "$1" rbd mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state) == up+replaying ]]
 }
 
 demo_done() {
@@ -34,8 +34,8 @@ demo_done() {
 
 demo_role() {
   local role st
-  role=$("$(site_tool "$1" rbd)" -c "$(cconf "$1")" info "$POOL/$2" --format json 2>/dev/null | jq -r 'if .mirroring.primary then "primary" else "non-primary" end')
-  st=$("$(site_tool "$1" rbd)" -c "$(cconf "$1")" mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state)
+  role=$(on_site "$1" rbd info "$POOL/$2" --format json 2>/dev/null | jq -r 'if .mirroring.primary then "primary" else "non-primary" end')
+  st=$(on_site "$1" rbd mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state)
   echo "$role $st"
 }
 

@@ -23,11 +23,11 @@ cmd_signal() {
 # marks the OSD down, which makes it re-peer and clears the leases within
 # seconds, and then waits for a real read of every placement group of the
 # pool (`rados ls`) to answer.
-pool_answers() { timeout 5 "$(site_tool "$1" rados)" -c "$(cconf "$1")" -p "$POOL" ls >/dev/null 2>&1; }
+pool_answers() { on_site_within 5 "$1" rados -p "$POOL" ls >/dev/null 2>&1; }
 
 repeer() {
   local site=$1
-  timeout 10 "$(site_tool "$site" ceph)" -c "$(cconf "$site")" osd down "$OSD_ID" >/dev/null 2>&1 || true
+  on_site_within 10 "$site" ceph osd down "$OSD_ID" >/dev/null 2>&1 || true
   wait_for 60 "site-$site osd up after re-peering" osd_up "$site"
 }
 

@@ -19,13 +19,13 @@ MATRIX_PAIRS=(pacific-pacific reef-reef tentacle-tentacle pacific-reef reef-tent
 # admin: stdout in <name>.json, stderr in <name>.stderr, the exit in <name>.exit.
 cap() {
   local name=$1 n=$2 rc=0; shift 2
-  timeout 60 "$(site_tool "$n" rbd)" -c "$(cconf "$n")" "$@" >"$CAP_OUT/$name.json" 2>"$CAP_OUT/$name.stderr" || rc=$?
+  on_site "$n" rbd "$@" >"$CAP_OUT/$name.json" 2>"$CAP_OUT/$name.stderr" || rc=$?
   echo "$rc" >"$CAP_OUT/$name.exit"
   [[ -s $CAP_OUT/$name.json ]] || rm -f "$CAP_OUT/$name.json"
   [[ -s $CAP_OUT/$name.stderr ]] || rm -f "$CAP_OUT/$name.stderr"
 }
 
-cap_rbd() { timeout 60 "$(site_tool "$1" rbd)" -c "$(cconf "$1")" "${@:2}"; }
+cap_rbd() { on_site "$1" rbd "${@:2}"; }
 
 cap_state_is() { [[ $(cap_rbd "$1" mirror image status "$POOL/$2" --format json 2>/dev/null | jq -r .state) == "$3" ]]; }
 
@@ -150,7 +150,7 @@ cmd_capture() {
   on_site a ceph auth del client.capture-noaccess >/dev/null 2>&1 || true
   rm -f "$LAB_DIR/ceph/a/noaccess.keyring"
   # No key may reach the repository, in either cephx shape.
-  if grep -rlE 'AQ[A-Za-z0-9+/]{38}==|Ag[A-Za-z0-9+/]{57}=' "$CAP_OUT" >/dev/null; then
+  if grep -rlE "$KEY_RE" "$CAP_OUT" >/dev/null; then
     die "a capture in $CAP_OUT holds something shaped like a cephx key: not kept"
   fi
   {
@@ -174,7 +174,7 @@ client_cell() {
   if ((rc == 0)); then echo ok; return; fi
   # The line that says why, without anything key-shaped (rbd echoes a key it cannot parse).
   out=$(printf '%s\n' "$out" | grep -v '^\s*$' | grep -vE 'failed to query services' | tail -n 1 |
-    sed -E 's/[0-9T:.+-]{20,} [0-9a-f]+ +-?[0-9]+ //; s/(AQ[A-Za-z0-9+\/]{38}==|Ag[A-Za-z0-9+\/]{57}=)/[key]/g')
+    sed -E 's/[0-9T:.+-]{20,} [0-9a-f]+ +-?[0-9]+ //' | redact_keys)
   echo "fails (exit $rc): ${out//|/\\|}"
 }
 
