@@ -214,6 +214,7 @@ cmd_matrix() {
         rows[-1]=${rows[-1]/did not start\*\*/did not start** (expected: Ceph does not support it)}
       else
         failed=1
+        show_log_tail "$mlog"
       fi
       matrix_write
       continue
@@ -238,7 +239,7 @@ cmd_matrix() {
       scen="pass ($(fmt_secs $((SECONDS - ts))))"
     else
       scen="**FAIL** ($({ grep -m1 -E 'disagree|panicked' "$mlog" || true; } | md_cell_text))"
-      if expected_unstartable "$a" "$b"; then scen="$scen (expected: Ceph does not support it)"; else failed=1; fi
+      if expected_unstartable "$a" "$b"; then scen="$scen (expected: Ceph does not support it)"; else failed=1; show_log_tail "$mlog"; fi
     fi
     dur=$(fmt_secs $((SECONDS - t0)))
     # After the scenarios: the sites have run the work (memstore holds the data).
@@ -250,6 +251,14 @@ cmd_matrix() {
 
   log "wrote $out"
   return "$failed"
+}
+
+# show_log_tail <log>: an unexpected failure's last lines, keys redacted, on
+# stderr: a CI run shows why without its log files.
+show_log_tail() {
+  echo "---- last 60 lines of $1 ----" >&2
+  tail -n 60 "$1" | redact_keys >&2
+  echo "---- end of $1 ----" >&2
 }
 
 # site_rss <site>: the resident memory of the site's four daemons, in MiB.
