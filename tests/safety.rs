@@ -305,8 +305,16 @@ async fn no_key_reaches_a_log_an_argv_a_status_or_an_event() {
         "Succeeded",
     );
     let bad = wait_done(&client, &ns, "bad", 90).await;
-    let (s, _, m) = condition(&bad).unwrap();
-    assert_eq!(s, "False", "{m}");
+    let (s, reason, m) = condition(&bad).unwrap();
+    assert_eq!(
+        (s.as_str(), reason.as_str()),
+        ("False", "InvalidSecret"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\"bad-key\"") && m.contains("not a cephx key"),
+        "the message names the Secret and what to put in it: {m}"
+    );
 
     let runs = customruns(&client, &ns)
         .list(&Default::default())

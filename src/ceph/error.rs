@@ -72,9 +72,9 @@ pub enum RbdErrorKind {
     /// cephx refused a client it had accepted earlier through the same
     /// connection: its key was revoked or rotated meanwhile.
     KeyRejected,
-    /// `rbd` could not parse the key it was given: an AES-256 key (what a
-    /// cluster made by Ceph 20.2 Tentacle gives) read by an rbd older than
-    /// 20.2.4 / 19.2.6, which prints "Malformed input" and cannot connect.
+    /// `rbd` could not parse the key it was given ("Malformed input"): not
+    /// a cephx key at all, or an AES-256 key (what a cluster made by Ceph
+    /// 20.2 Tentacle gives) read by an rbd older than 20.2.4 / 19.2.6.
     KeyUnreadable,
     /// The `rbd` program could not be started.
     NoBinary,

@@ -40,10 +40,12 @@ pub fn ceph_failure(e: &RbdError, site: &str) -> Failure {
         RbdErrorKind::KeyUnreadable => Failure::new(
             Reason::InvalidSecret,
             format!(
-                "the rbd beside the controller cannot read the key of Secret {site:?} ({e}): a cluster made by Ceph 20.2 \
-                 (Tentacle) gives AES-256 keys, which rbd before 20.2.4 (19.2.6 on Squid) cannot parse. Run the \
-                 controller with a ceph-common at least that new (this project's image ships 20.2), or give this \
-                 client an AES key (ceph auth get-or-create ... --key-type aes, with aes in the cluster's auth_allowed_ciphers)"
+                "the rbd beside the controller cannot read the key of Secret {site:?} ({e}). Either the key is not \
+                 a cephx key (put the output of `ceph auth get-key client.<user>` in the Secret), or it is an AES-256 \
+                 key, as a cluster made by Ceph 20.2 (Tentacle) gives, which rbd before 20.2.4 (19.2.6 on Squid) cannot \
+                 parse: run the controller with a ceph-common at least that new (this project's image ships 20.2), or \
+                 give this client an AES key (ceph auth get-or-create ... --key-type aes, with aes in the cluster's \
+                 auth_allowed_ciphers)"
             ),
         ),
         RbdErrorKind::NoBinary => Failure::new(
