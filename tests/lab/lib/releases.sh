@@ -200,6 +200,7 @@ cmd_matrix() {
     local t0=$SECONDS mlog=$LAB_DIR.matrix-$p.log up="" scen="" caps="-" dur
     log "matrix: $p (site-a $a, site-b $b, client $client)"
     rc=0
+    touch "$mlog.start"
     ( REQ_CEPH_A=$a REQ_CEPH_B=$b REQ_CLIENT=$client; cmd_up ) >"$mlog" 2>&1 || rc=$?
     if ((rc != 0)); then
       # The finding is the error itself: which site, which daemon, its log.
@@ -256,8 +257,15 @@ cmd_matrix() {
 # show_log_tail <log>: an unexpected failure's last lines, keys redacted, on
 # stderr: a CI run shows why without its log files.
 show_log_tail() {
+  local f
   echo "---- last 60 lines of $1 ----" >&2
   tail -n 60 "$1" | redact_keys >&2
+  # A lab up that failed kept its logs: the sites' own, newer than this log's start.
+  for f in "$LAB_DIR".failed-logs/{ceph-?-up.log,bootstrap-import.err,ceph-?-*.out}; do
+    [[ -s $f && $f -nt $1.start ]] || continue
+    echo "---- last 20 lines of $f ----" >&2
+    tail -n 20 "$f" | redact_keys >&2
+  done
   echo "---- end of $1 ----" >&2
 }
 
