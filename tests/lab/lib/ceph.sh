@@ -345,6 +345,7 @@ EOF
 
 mk_mirroring() {
   [[ -f $LAB_DIR/ceph/mirroring ]] && return 0
+  local n
   on_site a rbd mirror pool enable "$POOL" image --site-name site-a
   on_site b rbd mirror pool enable "$POOL" image --site-name site-b
   on_site a rbd mirror pool peer bootstrap create --site-name site-a "$POOL" >"$LAB_DIR/ceph/a/bootstrap-token"
@@ -388,7 +389,7 @@ mirror_ok() {
 ceph_up() {
   mkdir -p "$LAB_DIR/ceph" "$LOGS"
   # The two clusters are independent: start them side by side.
-  local pids=()
+  local pids=() n i
   for n in "${SITES[@]}"; do mk_cluster "$n" >>"$LOGS/ceph-$n-up.log" 2>&1 & pids+=($!); done
   for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || {

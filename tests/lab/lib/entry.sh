@@ -58,7 +58,7 @@ EOF
 cmd_demo() {
   cmd_up
   controller_up
-  local ts ns imgs=() list
+  local ts ns imgs=() list i
   ts=$(date +%s); ns=demo-$ts
   log "namespace $ns: Secrets site-a and site-b, the Role its runs need, the pipelines of tekton/"
   kctl create namespace "$ns" >/dev/null

@@ -5,7 +5,7 @@
 site_daemons() { echo "ceph-$1-rbd-mirror ceph-$1-osd ceph-$1-mgr ceph-$1-mon"; }
 
 cmd_signal() {
-  local sig=$1 site=${2:-}
+  local sig=$1 site=${2:-} d
   site=${site#site-}
   [[ $site == a || $site == b ]] || die "usage: lab freeze|thaw site-a|site-b"
   for d in $(site_daemons "$site"); do

@@ -2,7 +2,7 @@
 # The Tekton Pipelines controller, out of cluster. Sourced by tests/lab/lab.
 
 tekton_up() {
-  local cfg=$LAB_DIR/tekton
+  local cfg=$LAB_DIR/tekton f
   if ! [[ -f $cfg/applied ]]; then
     mkdir -p "$cfg"
     # Task/Pipeline CRDs name Tekton's conversion webhook, which does not run in
