@@ -236,7 +236,7 @@ async fn two_runs_on_one_image_are_serialised_across_namespaces_and_secrets() {
     connection_secret(&client, &ns2, "site-a", &lab.a).await;
     let conf = std::fs::read_to_string(&lab.b.conf).unwrap();
     let v1 = conf
-        .split("v1:127.0.0.1:")
+        .split(&format!("v1:{}:", lab.ip))
         .nth(1)
         .and_then(|r| r.split([']', ',', '/']).next())
         .expect("the lab's site-b conf names a v1 monitor address");
@@ -245,7 +245,7 @@ async fn two_runs_on_one_image_are_serialised_across_namespaces_and_secrets() {
         &ns2,
         "site-b",
         &lab.b,
-        format!("[global]\nmon host = localhost:{v1}\n"),
+        format!("[global]\nmon host = {}:{v1}\n", lab.hostname),
     )
     .await;
     allow_secrets(&client, &ns2).await;

@@ -131,6 +131,7 @@ async fn service_account_can_do_what_the_controller_needs_and_no_more() {
         ("create", "subjectaccessreviews.authorization.k8s.io", None),
         ("create", "events.events.k8s.io", Some("default")),
         ("patch", "leases.coordination.k8s.io", Some(NS)),
+        ("watch", "leases.coordination.k8s.io", Some(NS)),
     ] {
         assert!(can_i(verb, res, ns), "{verb} {res} is needed");
     }
@@ -152,6 +153,7 @@ async fn service_account_can_do_what_the_controller_needs_and_no_more() {
         ("delete", "rbdmirrorsteps.rbdmirror.dev", Some("default")),
         ("patch", "pipelineruns.tekton.dev", Some("default")),
         ("patch", "leases.coordination.k8s.io", Some("kube-system")),
+        ("watch", "leases.coordination.k8s.io", Some("kube-system")),
         (
             "create",
             "clusterrolebindings.rbac.authorization.k8s.io",

@@ -74,10 +74,10 @@ async fn allow_rook(client: &Client, rook_ns: &str, run_ns: &str) {
 async fn a_failover_connects_through_rook_objects_and_follows_a_rotated_key() {
     let (client, lab) = (client().await, lab());
     let first_user = "csi-rbd-provisioner";
-    let ns_a = rook_namespace(&client, &lab.a, "a=127.0.0.1:6789", first_user).await;
-    let ns_b = rook_namespace(&client, &lab.b, "b=127.0.0.1:6790", first_user).await;
+    let ns_a = rook_namespace(&client, &lab.a, &format!("a={}:6789", lab.ip), first_user).await;
+    let ns_b = rook_namespace(&client, &lab.b, &format!("b={}:6790", lab.ip), first_user).await;
     // A namespace with Rook's objects that the admin did not opt in.
-    let ns_other = rook_namespace(&client, &lab.a, "a=127.0.0.1:6789", first_user).await;
+    let ns_other = rook_namespace(&client, &lab.a, &format!("a={}:6789", lab.ip), first_user).await;
     let selector = unique("rook");
     let _ctl = start_controller(
         &selector,
@@ -205,7 +205,13 @@ async fn a_failover_connects_through_rook_objects_and_follows_a_rotated_key() {
 #[tokio::test]
 async fn a_missing_rook_secret_says_user_creation_was_skipped() {
     let (client, lab) = (client().await, lab());
-    let ns = rook_namespace(&client, &lab.a, "a=127.0.0.1:6789", "csi-rbd-provisioner").await;
+    let ns = rook_namespace(
+        &client,
+        &lab.a,
+        &format!("a={}:6789", lab.ip),
+        "csi-rbd-provisioner",
+    )
+    .await;
     Api::<Secret>::namespaced(client.clone(), &ns)
         .delete(SECRET, &Default::default())
         .await

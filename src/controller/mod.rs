@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod health;
+pub mod leadership;
 pub mod owner;
 pub mod pvcs;
 pub mod reconcile;
@@ -371,37 +372,18 @@ pub async fn run(client: kube::Client, mut config: Config) -> Result<(), Error> 
     // run from its status.
     let mut leadership = None;
     if let Some(le) = &config.leader_election {
-        let lease_err = |message: String| Error::Lease {
-            namespace: le.namespace.clone(),
-            lease: le.lease.clone(),
-            message,
-        };
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &le.lease)
-            .with_namespace(&le.namespace)
-            .with_identity(&le.identity)
-            .build()
-            .await
-            .map_err(|e| lease_err(e.to_string()))?;
-        let (mut rx, handle) = manager.watch().await;
-        health.ready.store(true, Ordering::Relaxed);
-        info!(lease = %le.lease, identity = %le.identity, "waiting to lead");
-        while !*rx.borrow_and_update() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                changed = rx.changed() => if changed.is_err() {
-                    return Err(lease_err("the lease manager stopped".into()));
-                }
-            }
+        match leadership::lead(&client, le, &shutdown, &health.ready).await? {
+            Some(l) => leadership = Some(l),
+            None => return Ok(()),
         }
         info!("leading");
-        leadership = Some((rx, handle));
     }
     let ctx = Context::new(client, config);
     health.ready.store(true, Ordering::Relaxed);
     info!(legacy_run = legacy, "controller started");
     let lost = async {
         match &mut leadership {
-            Some((rx, _)) => loop {
+            Some(leadership::Leadership { rx, .. }) => loop {
                 if rx.changed().await.is_err() || !*rx.borrow_and_update() {
                     return;
                 }
@@ -438,7 +420,7 @@ pub async fn run(client: kube::Client, mut config: Config) -> Result<(), Error> 
             message: "lost the lease".into(),
         });
     }
-    if let Some((rx, handle)) = leadership {
+    if let Some(leadership::Leadership { rx, handle }) = leadership {
         drop(rx);
         if let Ok(Ok(manager)) = handle.await {
             let _ = manager.release().await;

@@ -30,6 +30,10 @@ pub struct Lab {
     pub kubeconfig: PathBuf,
     pub dir: PathBuf,
     pub pool: String,
+    /// The address the sites' monitors (and the API server) serve on.
+    pub ip: String,
+    /// A host name for `ip` (in /etc/hosts while the lab is up).
+    pub hostname: String,
     pub a: Site,
     pub b: Site,
 }
@@ -62,6 +66,8 @@ pub fn lab() -> &'static Lab {
             kubeconfig: var("KUBECONFIG").into(),
             dir: var("LAB_DIR").into(),
             pool: var("LAB_POOL"),
+            ip: var("LAB_IP"),
+            hostname: var("LAB_HOSTNAME"),
             a: site("site-a", "A"),
             b: site("site-b", "B"),
         };

@@ -49,7 +49,12 @@ kube_wrapper() {
         while read -r m; do echo "	$m => $m $staging"; done
       echo ")"
     } > go.mod
-    cat > main.go <<GO
+    if [[ $ctor == main:* ]]; then
+      # A command whose upstream main is more than cli.Run(ctor()): the file itself.
+      cp "$(jq -r .Dir dl.json)/${ctor#main:}" main.go
+      chmod u+w main.go
+    else
+      cat > main.go <<GO
 package main
 
 import (
@@ -61,6 +66,7 @@ import (
 
 func main() { os.Exit(cli.Run(app.$ctor())) }
 GO
+    fi
     go mod tidy >/dev/null 2>&1 || go mod tidy )
 }
 
@@ -95,6 +101,31 @@ build_kcm() {
   prepare "$d"
   kube_wrapper "$d/src" "$v" k8s.io/kubernetes/cmd/kube-controller-manager/app NewControllerManagerCommand
   kube_build "$d" "$v" kube-controller-manager
+}
+
+# The lab's node (issue 13): kubelet, kube-scheduler and kubectl from the same
+# pinned module, each in its own cache folder like kube-controller-manager, and
+# the pause image's binary compiled from the module's C source.
+build_node_part() {
+  local name=$1 app=$2 ctor=$3 v=$KUBERNETES_VERSION
+  local d="$LAB_CACHE/$name-$v"
+  [[ -x $d/bin/$name ]] && return 0
+  log "building $name $v (after kube-apiserver: 1-3 minutes on 2 cores)"
+  prepare "$d"
+  kube_wrapper "$d/src" "$v" "$app" "$ctor"
+  kube_build "$d" "$v" "$name"
+}
+
+build_node() {
+  build_node_part kubelet k8s.io/kubernetes/cmd/kubelet/app NewKubeletCommand
+  build_node_part kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler/app NewSchedulerCommand
+  build_node_part kubectl k8s.io/kubectl/pkg/cmd main:cmd/kubectl/kubectl.go
+  local d="$LAB_CACHE/pause-$KUBERNETES_VERSION"
+  [[ -x $d/bin/pause ]] && return 0
+  prepare "$d"
+  local dir; dir=$(cd "$LAB_CACHE/kubelet-$KUBERNETES_VERSION/src" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+  gcc -Os -static -o "$d/bin/pause.tmp" "$dir/build/pause/linux/pause.c"
+  mv "$d/bin/pause.tmp" "$d/bin/pause"
 }
 
 build_tekton() {
@@ -184,8 +215,9 @@ case $what in
   tekton) build_tekton ;;
   legacy) build_tekton_legacy_crds ;;
   tkn) build_tkn ;;
+  node) build_node ;;
   all)
-    build_etcd; build_kube; build_kcm; build_tekton; build_tekton_legacy_crds; build_tkn
+    build_etcd; build_kube; build_kcm; build_node; build_tekton; build_tekton_legacy_crds; build_tkn
     # Only the releases the sites and the client run (LAB_CEPH_A/B, LAB_CLIENT).
     for rel in ${LAB_CEPH_A:-pacific} ${LAB_CEPH_B:-pacific} ${LAB_CLIENT:-pacific}; do
       rel=${rel%-upgraded}
@@ -193,5 +225,5 @@ case $what in
     done
     log "all lab binaries are in $LAB_CACHE" ;;
   rootfs) build_rootfs "${2:?usage: build.sh rootfs reef|tentacle}" ;;
-  *) echo "usage: build.sh [all|etcd|kube|kcm|tekton|legacy|tkn|rootfs <release>]" >&2; exit 2 ;;
+  *) echo "usage: build.sh [all|etcd|kube|kcm|tekton|legacy|tkn|node|rootfs <release>]" >&2; exit 2 ;;
 esac

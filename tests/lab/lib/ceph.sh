@@ -228,9 +228,9 @@ mk_cluster() {
   cat >"$b/ceph.conf" <<EOF
 [global]
 fsid = $fsid
-mon host = [v2:127.0.0.1:$p2,v1:127.0.0.1:$p1]
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+mon host = [v2:$LAB_IP:$p2,v1:$LAB_IP:$p1]
+public addr = $LAB_IP
+cluster addr = $LAB_IP
 auth cluster required = cephx
 auth service required = cephx
 auth client required = cephx
@@ -293,7 +293,7 @@ EOF
   "$authtool" --create-keyring "$b/ceph.client.admin.keyring" --gen-key "${keytype[@]}" -n client.admin \
     --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null
   "$authtool" "$b/mon.keyring" --import-keyring "$b/ceph.client.admin.keyring" >/dev/null
-  "$(site_tool "$n" monmaptool)" --create --addv "$n" "[v2:127.0.0.1:$p2,v1:127.0.0.1:$p1]" --fsid "$fsid" \
+  "$(site_tool "$n" monmaptool)" --create --addv "$n" "[v2:$LAB_IP:$p2,v1:$LAB_IP:$p1]" --fsid "$fsid" \
     "${ciphers[@]}" "$b/monmap" >/dev/null
   mkdir -p "$b/mon/ceph-$n"
   "$(ceph_bin "$n" ceph-mon)" -c "$C" --mkfs -i "$n" --monmap "$b/monmap" --keyring "$b/mon.keyring" 2>>"$LOGS/ceph-$n-mkfs.log" ||
@@ -339,7 +339,7 @@ mk_client() {
   chmod 600 "$b/client/keyring"
   cat >"$b/client/ceph.conf" <<EOF
 [global]
-mon host = [v2:127.0.0.1:$(site_port2 "$n"),v1:127.0.0.1:$(site_port1 "$n")]
+mon host = [v2:$LAB_IP:$(site_port2 "$n"),v1:$LAB_IP:$(site_port1 "$n")]
 EOF
 }
 

@@ -15,6 +15,17 @@ ETCD_PORT=22379
 API_PORT=16443
 TEKTON_PROBES_PORT=18080
 KCM_PORT=20257
+KUBELET_PORT=20250
+KUBELET_HEALTHZ_PORT=20248
+SCHEDULER_PORT=20259
+# The address Ceph's daemons and the API server serve Pods on: a Pod has a
+# loopback of its own, so 127.0.0.1 cannot be it. An address on the host's
+# lo, from the benchmarking range (RFC 2544) so that it meets no real
+# network; `lab up` adds it and `lab down` takes it away.
+LAB_IP=198.18.0.1
+LAB_HOSTNAME=rbd-mirror-step-lab
+# The Pods' own addresses (the node's CNI bridge, gateway .1).
+POD_CIDR=198.18.1.0/24
 
 log() { printf '[lab %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

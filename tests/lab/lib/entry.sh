@@ -121,6 +121,7 @@ cmd_bench() {
 
 cmd_test() {
   cmd_up
+  cmd_image
   # shellcheck disable=SC1091
   source "$LAB_DIR/env"
   cd "$REPO"

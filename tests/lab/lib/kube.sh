@@ -9,7 +9,7 @@ mk_certs() {
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=rbd-mirror-step-lab-ca" \
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$d/san.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' "$LAB_IP" >"$d/san.ext"
   openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
     -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
   # Admin: a client certificate in system:masters, like envtest provisions.
@@ -50,10 +50,10 @@ kube_up() {
     --initial-cluster "lab=http://127.0.0.1:$((ETCD_PORT + 1))" --unsafe-no-fsync --log-level warn
   wait_for 30 "etcd health" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
   start_daemon kube-apiserver "$LAB_DIR" "$APISERVER_BIN" \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" --secure-port "$API_PORT" \
+    --bind-address 0.0.0.0 --advertise-address "$LAB_IP" \
     --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" --client-ca-file "$d/ca.crt" \
     --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC --allow-privileged=true \
-    --disable-admission-plugins ServiceAccount \
     --service-account-issuer "https://127.0.0.1:$API_PORT" --service-account-key-file "$d/sa.pub" \
     --service-account-signing-key-file "$d/sa.key" --api-audiences "https://127.0.0.1:$API_PORT"
   wait_for 120 "kube-apiserver /readyz" kctl get --raw /readyz
@@ -94,14 +94,17 @@ EOF
   mv "$d/kcm.kubeconfig.tmp" "$d/kcm.kubeconfig"
 }
 
-# Only controllers that need no kubelet, scheduler or cloud: garbage
-# collection (owner references: a deleted PipelineRun takes its CustomRuns
-# along) and the PersistentVolume binder (PVCs bind to PVs as on a cluster).
-# Each controller acts as its own ServiceAccount in kube-system
+# The controllers a cluster runs for what the lab does: garbage collection
+# (owner references: a deleted PipelineRun takes its CustomRuns along), the
+# PersistentVolume binder (PVCs bind to PVs as on a cluster), and for the
+# node (lib/node.sh) Deployments, ReplicaSets, namespaces, ServiceAccounts
+# with their tokens and the kube-root-ca.crt ConfigMap a Pod's token volume
+# reads, the node lifecycle (it lifts the not-ready taint a new Node gets) and
+# the aggregation of the built-in ClusterRoles. Each controller acts as its own ServiceAccount in kube-system
 # (--use-service-account-credentials), with the bootstrap RBAC of a real
 # cluster, instead of one identity that may do everything. It keeps no state
 # of its own, so `lab up` starts it on a lab that runs without it.
-KCM_CONTROLLERS=garbagecollector,persistentvolume-binder
+KCM_CONTROLLERS=garbagecollector,persistentvolume-binder,deployment,replicaset,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher,nodelifecycle,clusterrole-aggregation
 
 kcm_up() {
   local d=$LAB_DIR/kube
@@ -109,6 +112,7 @@ kcm_up() {
   start_daemon kube-controller-manager "$LAB_DIR" "$KCM_BIN" \
     --kubeconfig "$d/kcm.kubeconfig" --controllers "$KCM_CONTROLLERS" \
     --use-service-account-credentials --leader-elect=false \
+    --root-ca-file "$d/ca.crt" --service-account-private-key-file "$d/sa.key" \
     --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$d/kcm-serving"
   wait_for 60 "kube-controller-manager /healthz" kcm_healthy
 }
