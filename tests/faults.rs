@@ -463,6 +463,68 @@ async fn two_controllers_with_default_flags_never_both_act() {
     assert_eq!(lab.b.is_primary(&lab.pool, &imgs[0]), Some(true));
 }
 
+/// A6's handover: SIGTERM to the leader of two replicas (the Deployment's
+/// leader election) hands the Lease to the standby in seconds, not a lease
+/// period: the leader releases it on its way out, and the standby, which
+/// watches the Lease, takes it at once. Without either, the standby waits
+/// out what is left of the lease (5-30 s of its 30 s).
+#[tokio::test]
+async fn a_sigtermed_leader_hands_the_lease_to_its_standby_in_seconds() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let ns = run_namespace(&client, "fault-handover").await;
+    let selector = unique("handover");
+    let replica = |who: &str| start_controller(&selector, &replica_env(&ns, who));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let holder = || async {
+        leases
+            .get("rbd-mirror-step")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    };
+    let mut leader = replica("first");
+    wait_for(60, "the first replica to lead", || async {
+        (holder().await? == "first").then_some(())
+    })
+    .await;
+    let standby = replica("second");
+    wait_for(30, "the second replica to stand by", || async {
+        let log = std::fs::read_to_string(&standby.log).ok()?;
+        log.lines()
+            .any(|l| l.contains("waiting to lead") && l.contains("identity=second"))
+            .then_some(())
+    })
+    .await;
+    let t0 = Instant::now();
+    signal(leader.child.id(), "TERM");
+    wait_for(40, "the standby to hold the Lease", || async {
+        (holder().await? == "second").then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    println!("handover: {took:?} from SIGTERM to the standby holding the Lease");
+    assert!(
+        took < Duration::from_secs(10),
+        "the handover took {took:?}: a lease period, not seconds"
+    );
+    let status = leader.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the old leader exits 0 on SIGTERM: {status}"
+    );
+    // The new leader serves.
+    let img = unique("handover");
+    mirrored_image(&lab().a, &lab().b, &lab().pool, &img).await;
+    RunBuilder::one(&selector, "status", "site-b", &img)
+        .create(&client, &ns, "after")
+        .await;
+    let done = wait_done(&client, &ns, "after", 60).await;
+    assert_condition(&done, "True", "Succeeded");
+}
+
 /// SIGTERM while a demote is running: the controller starts nothing new,
 /// lets the demote finish (it is never cut half-way), records progress and
 /// exits; a new controller then finishes the run.

@@ -61,38 +61,36 @@ kube_up() {
 
 kctl() { kubectl --kubeconfig "$LAB_DIR/kube/kubeconfig" "$@"; }
 
-# kube-controller-manager's identity: a client certificate for the user
-# system:kube-controller-manager, which the apiserver's bootstrap RBAC binds to
-# its ClusterRole (as kubeadm does). Made apart from mk_certs so that a lab
-# started before kube-controller-manager was part of it gets one too.
-mk_kcm_kubeconfig() {
-  local d=$LAB_DIR/kube
-  [[ -f $d/kcm.kubeconfig ]] && return 0
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=system:kube-controller-manager" \
-    -keyout "$d/kcm.key" -out "$d/kcm.csr" 2>/dev/null
-  openssl x509 -req -in "$d/kcm.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
-    -extfile "$d/client.ext" -out "$d/kcm.crt" 2>/dev/null
-  chmod 600 "$d/kcm.key"
-  cat >"$d/kcm.kubeconfig.tmp" <<EOF
+# mk_client_cert <name> <subject>: a client certificate of the lab CA and its
+# kubeconfig, $LAB_DIR/kube/<name>.kubeconfig. Made apart from mk_certs so
+# that a lab started before a part existed gets that part's identity too.
+mk_client_cert() {
+  local d=$LAB_DIR/kube name=$1 subj=$2
+  [[ -f $d/$name.kubeconfig ]] && return 0
+  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$d/client.ext" -out "$d/$name.crt" 2>/dev/null
+  chmod 600 "$d/$name.key"
+  cat >"$d/$name.kubeconfig.tmp" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: lab
-  cluster:
-    server: https://127.0.0.1:$API_PORT
-    certificate-authority: $d/ca.crt
+  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: $d/ca.crt}
 users:
-- name: kube-controller-manager
-  user:
-    client-certificate: $d/kcm.crt
-    client-key: $d/kcm.key
+- name: $name
+  user: {client-certificate: $d/$name.crt, client-key: $d/$name.key}
 contexts:
 - name: lab
-  context: {cluster: lab, user: kube-controller-manager}
+  context: {cluster: lab, user: $name}
 current-context: lab
 EOF
-  mv "$d/kcm.kubeconfig.tmp" "$d/kcm.kubeconfig"
+  mv "$d/$name.kubeconfig.tmp" "$d/$name.kubeconfig"
 }
+
+# kube-controller-manager's identity: the user system:kube-controller-manager,
+# which the apiserver's bootstrap RBAC binds to its ClusterRole (as kubeadm does).
+mk_kcm_kubeconfig() { mk_client_cert kcm "/CN=system:kube-controller-manager"; }
 
 # The controllers a cluster runs for what the lab does: garbage collection
 # (owner references: a deleted PipelineRun takes its CustomRuns along), the

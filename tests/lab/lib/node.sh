@@ -43,31 +43,6 @@ lab_ip_down() {
 lctl() { "$LAB_KUBECTL" --kubeconfig "$LAB_DIR/kube/kubeconfig" "$@"; }
 nctr() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 
-# mk_client_cert <name> <subject>: a client certificate of the lab CA and its kubeconfig.
-mk_client_cert() {
-  local d=$LAB_DIR/kube name=$1 subj=$2
-  [[ -f $d/$name.kubeconfig ]] && return 0
-  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
-    -extfile "$d/client.ext" -out "$d/$name.crt" 2>/dev/null
-  chmod 600 "$d/$name.key"
-  cat >"$d/$name.kubeconfig.tmp" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: lab
-  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: $d/ca.crt}
-users:
-- name: $name
-  user: {client-certificate: $d/$name.crt, client-key: $d/$name.key}
-contexts:
-- name: lab
-  context: {cluster: lab, user: $name}
-current-context: lab
-EOF
-  mv "$d/$name.kubeconfig.tmp" "$d/$name.kubeconfig"
-}
-
 containerd_up() {
   local d=$NODE_DIR
   mkdir -p "$d/cni/net.d" "$d/containerd"
