@@ -82,17 +82,27 @@ pub async fn lead(
     }
 }
 
-/// Resolves when the Lease is seen with no holder (released, or never held).
-/// Watch errors are retried with the watcher's default back-off: this only
-/// hastens a takeover that the lease manager makes anyway at expiry.
+/// Resolves when the Lease, once seen held, is seen with no holder: a
+/// release. A Lease free from the start is the lease manager's to take (its
+/// first step does); reacting to that too would restart the manager before it
+/// could, every second, and nobody would lead. Watch errors are retried with
+/// the watcher's default back-off: this only hastens a takeover that the
+/// lease manager makes anyway at expiry.
 async fn released(leases: Api<Lease>, name: String) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = std::pin::pin!(kube::runtime::WatchStreamExt::default_backoff(
         watcher::watcher(leases, config)
     ));
+    let mut seen_held = false;
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) if is_free(&l) => return,
+            Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => {
+                if !is_free(&l) {
+                    seen_held = true;
+                } else if seen_held {
+                    return;
+                }
+            }
             Ok(_) => {}
             Err(e) => debug!(error = %e, "watching the Lease"),
         }
