@@ -200,18 +200,21 @@ node_down() {
   find /var/lib/cni/results -maxdepth 1 -type f \( -name 'lab-*' -o -name 'cni-loopback-*' \) \
     -newer "$NODE_DIR/host-before" -delete 2>/dev/null || true
   # Mounts under the node's folders: deepest first.
-  findmnt -rn -o TARGET | grep -E "^($NODE_DIR|/run/containerd)(/|$)" | sort -r | while read -r m; do
+  # (grep finds none once everything is unmounted: not an error under pipefail)
+  findmnt -rn -o TARGET | { grep -E "^($NODE_DIR|/run/containerd)(/|$)" || true; } | sort -r | while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done
-  # Host state kubelet changed.
+  # Host state kubelet changed (as recorded before the node started).
   local kind a b
-  while read -r kind a b; do
-    [[ $kind == sysctl ]] && sysctl -qw "$a=$b" >/dev/null 2>&1 || true
-  done <"$NODE_DIR/host-before"
-  for a in "${NODE_HOST_PATHS[@]}"; do
-    grep -qx "path $a" "$NODE_DIR/host-before" || rm -rf "$a"
-  done
+  if [[ -f $NODE_DIR/host-before ]]; then
+    while read -r kind a b; do
+      [[ $kind == sysctl ]] && sysctl -qw "$a=$b" >/dev/null 2>&1 || true
+    done <"$NODE_DIR/host-before"
+    for a in "${NODE_HOST_PATHS[@]}"; do
+      grep -qx "path $a" "$NODE_DIR/host-before" || rm -rf "$a"
+    done
+  fi
   # The kubepods cgroups, in every hierarchy (cgroup v1 or v2), leaves first.
-  find /sys/fs/cgroup -depth -type d -path '*/kubepods*' 2>/dev/null |
+  { find /sys/fs/cgroup -depth -type d -path '*/kubepods*' 2>/dev/null || true; } |
     while read -r m; do rmdir "$m" 2>/dev/null || true; done
 }
