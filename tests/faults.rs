@@ -475,16 +475,7 @@ async fn a_sigtermed_leader_hands_the_lease_to_its_standby_in_seconds() {
     let ns = run_namespace(&client, "fault-handover").await;
     let selector = unique("handover");
     let replica = |who: &str| start_controller(&selector, &replica_env(&ns, who));
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &ns);
-    let holder = || async {
-        leases
-            .get("rbd-mirror-step")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-    };
+    let holder = || lease_holder(&client, &ns);
     let mut leader = replica("first");
     wait_for(60, "the first replica to lead", || async {
         (holder().await? == "first").then_some(())
@@ -736,16 +727,7 @@ async fn a_paused_leader_is_replaced_and_acts_no_more_when_it_wakes() {
     };
     // Both replicas log into one file (named by selector): who leads is
     // read from the Lease itself.
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &ns);
-    let holder = || async {
-        leases
-            .get("rbd-mirror-step")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-    };
+    let holder = || lease_holder(&client, &ns);
     let mut leader = replica("first");
     wait_for(60, "the first replica to lead", || async {
         (holder().await? == "first").then_some(())

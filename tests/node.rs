@@ -16,7 +16,6 @@ use common::pipelines::*;
 use common::runs::*;
 use common::{client, lab, mirrored_image, unique, wait_for};
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -26,7 +25,6 @@ use serde_json::json;
 /// The selector value the overlay gives the Pods (`--label-selector`).
 const SEL: &str = "node";
 const NS: &str = "rbd-mirror-step";
-const LEASE: &str = "rbd-mirror-step";
 /// The Deployment's lease duration (kube-lease-manager's default).
 const LEASE_SECS: u64 = 30;
 /// A handover must take seconds, not a lease period (faults.md A6): the old
@@ -113,11 +111,7 @@ async fn ready_pods(client: &Client) -> Vec<Pod> {
 }
 
 async fn holder(client: &Client) -> Option<String> {
-    let l = Api::<Lease>::namespaced(client.clone(), NS)
-        .get(LEASE)
-        .await
-        .ok()?;
-    l.spec?.holder_identity.filter(|h| !h.is_empty())
+    lease_holder(client, NS).await
 }
 
 fn name(p: &Pod) -> String {

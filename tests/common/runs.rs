@@ -180,6 +180,18 @@ pub fn shared_controller(selector_value: &str) -> String {
     selector_value.to_string()
 }
 
+/// Who holds the controller's leader Lease (`rbd-mirror-step`) in `ns`;
+/// None when nobody does (a released Lease has an empty or no holder).
+pub async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), ns)
+        .get("rbd-mirror-step")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
 pub fn customruns(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &Flavor::CustomRun.api_resource())
 }

@@ -117,16 +117,7 @@ async fn a_leader_cut_from_the_api_server_exits_or_leads_again() {
     let ns = run_namespace(&client, "fault-a8").await;
     let selector = unique("a8");
     let mut ctl = start_controller(&selector, &replica_env(&ns, "only"));
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &ns);
-    let holder = || async {
-        leases
-            .get("rbd-mirror-step")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-    };
+    let holder = || lease_holder(&client, &ns);
     wait_for(60, "the replica to lead", || async {
         (holder().await? == "only").then_some(())
     })
